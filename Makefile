@@ -1,0 +1,42 @@
+# sendit: the two commands a newcomer needs are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up down test test-fast demo bench lint fmt clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -e .
+	@touch $@
+
+install: $(STAMP) ## create .venv and install everything the project and its tests need
+
+up: install ## start the local stack in the background; writes .local/stack.env
+	$(BIN)/python -m sendit.local up
+
+down: ## stop every process the local stack started
+	@test -x $(BIN)/python && $(BIN)/python -m sendit.local down || true
+
+test: install ## the whole suite; it starts and stops its own emulators
+	$(BIN)/python -m pytest
+
+demo: install ## the main job end to end on sample DICOM on the local stack
+	$(BIN)/python -m sendit.local demo
+
+bench: install ## benchmarks (not tests): ratios measured side by side in one run
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: down
+	rm -rf .local .pytest_cache

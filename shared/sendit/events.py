@@ -1,0 +1,105 @@
+"""CloudEvent / Pub/Sub envelope decoding, done once for every handler.
+
+A staging upload reaches ``anonymize`` as a ``google.cloud.pubsub.topic.v1.messagePublished``
+CloudEvent wrapping the bucket's OBJECT_FINALIZE notification (payload JSON_API_V1). A direct
+Cloud Storage trigger (``google.cloud.storage.object.v1.finalized``) is accepted too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
+
+
+class EventError(ValueError):
+    """The event cannot be understood: a permanent error (ack it, never retry)."""
+
+
+@dataclass(frozen=True)
+class PubSubMessage:
+    message_id: str
+    data: bytes
+    attributes: dict[str, str]
+    delivery_attempt: int | None = None
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.data.decode("utf-8")) if self.data else None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EventError("message data is not JSON") from exc
+
+
+@dataclass(frozen=True)
+class ObjectFinalized:
+    """One object written to a bucket (what the staging notification says)."""
+
+    bucket: str
+    name: str
+    generation: str
+    size: int
+    md5: str | None
+    event_id: str
+    delivery_attempt: int | None = None
+
+
+def pubsub_message(event_type: str, data: Any, event_id: str = "") -> PubSubMessage:
+    """Decode the ``messagePublished`` CloudEvent data into a message."""
+    if event_type != PUBSUB_PUBLISHED:
+        raise EventError(f"unexpected event type {event_type!r}")
+    if not isinstance(data, dict) or not isinstance(data.get("message"), dict):
+        raise EventError("event data has no Pub/Sub message")
+    message = data["message"]
+    raw = message.get("data") or ""
+    try:
+        payload = base64.b64decode(raw, validate=False) if raw else b""
+    except (ValueError, TypeError) as exc:
+        raise EventError("message data is not base64") from exc
+    attempt = data.get("deliveryAttempt") or message.get("deliveryAttempt")
+    return PubSubMessage(
+        message_id=str(message.get("messageId") or message.get("message_id") or event_id),
+        data=payload,
+        attributes={str(k): str(v) for k, v in (message.get("attributes") or {}).items()},
+        delivery_attempt=int(attempt) if attempt else None,
+    )
+
+
+def object_finalized(event_type: str, data: Any, event_id: str = "") -> ObjectFinalized | None:
+    """Decode a staging notification. Returns None for other GCS event types (to be acked and ignored)."""
+    if event_type == STORAGE_FINALIZED:
+        resource = data if isinstance(data, dict) else {}
+        return _from_resource(resource, event_id, None)
+    msg = pubsub_message(event_type, data, event_id)
+    kind = msg.attributes.get("eventType")
+    if kind is not None and kind != "OBJECT_FINALIZE":
+        return None
+    resource = msg.json() or {}
+    if not isinstance(resource, dict):
+        raise EventError("notification payload is not an object resource")
+    resource.setdefault("bucket", msg.attributes.get("bucketId"))
+    resource.setdefault("name", msg.attributes.get("objectId"))
+    resource.setdefault("generation", msg.attributes.get("objectGeneration"))
+    return _from_resource(resource, msg.message_id, msg.delivery_attempt)
+
+
+def _from_resource(resource: dict[str, Any], event_id: str, attempt: int | None) -> ObjectFinalized:
+    bucket, name, generation = resource.get("bucket"), resource.get("name"), resource.get("generation")
+    if not bucket or not name or generation in (None, ""):
+        raise EventError("notification lacks bucket, name or generation")
+    try:
+        size = int(resource.get("size") or 0)
+    except (TypeError, ValueError):
+        size = 0
+    return ObjectFinalized(
+        bucket=str(bucket),
+        name=str(name),
+        generation=str(generation),
+        size=size,
+        md5=resource.get("md5Hash"),
+        event_id=event_id,
+        delivery_attempt=attempt,
+    )

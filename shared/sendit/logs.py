@@ -1,0 +1,67 @@
+"""Structured JSON logs on stdout, one object per line with ``severity`` (what Cloud Logging reads).
+
+Never pass PHI here: log pseudonyms, counts, generations and hashes (``sendit.logs.digest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_SEVERITY = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "CRITICAL",
+}
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON line; extra fields given via ``extra=`` become top-level keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": _SEVERITY.get(record.levelno, "DEFAULT"),
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            # Exception type only: exception messages may quote header values or object names.
+            entry["exception"] = record.exc_info[0].__name__
+        return json.dumps(entry, default=str)
+
+
+def setup(level: int = logging.INFO) -> None:
+    """Route the root logger to stdout as JSON lines (idempotent)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if getattr(handler, "_sendit", False):
+            return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    handler._sendit = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party chatter that may echo payloads or header values stays quiet.
+    for noisy in ("deid", "urllib3", "google", "pydicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get(name: str) -> logging.Logger:
+    return logging.getLogger(name)
+
+
+def digest(value: str | bytes, length: int = 12) -> str:
+    """A short, unkeyed SHA-256 hash for correlating log lines (e.g. of an object name)."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return hashlib.sha256(raw).hexdigest()[:length]
