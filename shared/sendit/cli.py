@@ -11,7 +11,10 @@ import sys
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 COMMANDS = {
-    "anonymize": ("sendit.deid.offline", "de-identify a local folder with exactly the code the function runs"),
+    "anonymize": (
+        "sendit.deid.offline",
+        "de-identify a local folder with exactly the code the function runs",
+    ),
     "status": ("sendit.operator", "show batch status from the status API"),
     "send": ("sendit.operator", "queue ready batches for delivery"),
     "metrics": ("sendit.operator", "per-batch metrics (the original export_metrics)"),
