@@ -43,9 +43,7 @@ def repo_root() -> Path:
 def _package_files(package_dir: Path) -> Iterator[tuple[str, Path]]:
     for dirpath, dirnames, filenames in os.walk(package_dir):
         # Prune in place so os.walk never descends into caches; sorted for a stable walk.
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in _EXCLUDED_DIRS and not d.endswith(".egg-info")
-        )
+        dirnames[:] = sorted(d for d in dirnames if d not in _EXCLUDED_DIRS and not d.endswith(".egg-info"))
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
             if filename in _EXCLUDED_NAMES or path.suffix in _EXCLUDED_SUFFIXES or path.is_symlink():
