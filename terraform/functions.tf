@@ -1,0 +1,87 @@
+# The five Cloud Functions (2nd gen), all deployed from the one source archive (bundle.tf), each with its
+# own service account (iam.tf). Entry points and triggers come from topology.json:
+#   anonymize, deliver, dead_letter  CloudEvent functions, pushed to by their Pub/Sub subscription
+#                                    (pubsub.tf); ingress ALLOW_INTERNAL_ONLY (Pub/Sub push is internal).
+#   send, status                     HTTP functions; IAM-authenticated (operators only), ingress
+#                                    var.http_ingress (internal + optional HTTPS load balancer, never all).
+
+locals {
+  # Every variable sendit.config.Settings.from_env reads, set explicitly on every function. The key
+  # (SENDIT_SECRET_KEY) is not here: it comes from Secret Manager as a secret environment variable.
+  function_env = merge(
+    {
+      GOOGLE_CLOUD_PROJECT       = var.project_id
+      SENDIT_STAGING_BUCKET      = local.buckets.staging
+      SENDIT_PROCESSING_BUCKET   = local.buckets.processing
+      SENDIT_DESTINATION_BUCKET  = local.buckets.destination
+      SENDIT_BIGQUERY_TABLE      = local.bigquery_table_id
+      SENDIT_DELIVER_TOPIC       = local.topics.deliver
+      SENDIT_FIRESTORE_DATABASE  = var.firestore.database
+      SENDIT_COLLECTION          = var.settings.collection
+      SENDIT_ALLOWED_MODALITIES  = join(",", var.settings.allowed_modalities)
+      SENDIT_DATE_SHIFT_MAX_DAYS = tostring(var.settings.date_shift_max_days)
+      SENDIT_IDENTITY_PROVIDER   = var.settings.identity_provider
+      SENDIT_PIXEL_CLEANING      = tostring(var.settings.pixel_cleaning)
+      SENDIT_DELIVERY_LAYOUT     = var.settings.delivery_layout
+      SENDIT_CLEANUP             = var.settings.cleanup
+      SENDIT_MAX_ATTEMPTS        = tostring(local.topology.subscriptions.anonymize.max_delivery_attempts)
+      LOG_EXECUTION_ID           = "true"
+      MESSAGELEVEL               = "QUIET"
+    },
+    var.settings.recipe == null ? {} : { SENDIT_RECIPE = var.settings.recipe },
+    var.settings.identity_url == null ? {} : { SENDIT_IDENTITY_URL = var.settings.identity_url },
+  )
+}
+
+resource "google_cloudfunctions2_function" "functions" {
+  for_each = local.topology.functions
+
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names[each.key]
+  description = "sendit ${each.key} (${each.value.trigger} trigger), source ${local.bundle_object}"
+  labels      = merge(local.labels, { function = replace(each.key, "_", "-") })
+
+  build_config {
+    runtime           = var.runtime
+    entry_point       = each.value.entry_point
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.sources.name
+        object = google_storage_bucket_object.bundle.name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email            = google_service_account.functions[each.key].email
+    ingress_settings                 = each.value.trigger == "http" ? var.http_ingress : "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision   = true
+    available_memory                 = local.function_sizing[each.key].memory
+    available_cpu                    = local.function_sizing[each.key].cpu
+    timeout_seconds                  = local.function_sizing[each.key].timeout_seconds
+    max_instance_count               = local.function_sizing[each.key].max_instances
+    min_instance_count               = local.function_sizing[each.key].min_instances
+    max_instance_request_concurrency = local.function_sizing[each.key].concurrency
+
+    environment_variables = local.function_env
+
+    secret_environment_variables {
+      key        = "SENDIT_SECRET_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.key.secret_id
+      # A pinned version: every instance of a revision uses the same key (pseudonyms stay consistent);
+      # rotation is a deliberate redeploy (see README).
+      version = local.secret_version
+    }
+  }
+
+  depends_on = [
+    google_secret_manager_secret_iam_member.functions,
+    google_storage_bucket_iam_member.build_reads_sources,
+    google_artifact_registry_repository_iam_member.build_writes_images,
+    google_project_iam_member.build_logs,
+  ]
+}

@@ -1,0 +1,272 @@
+# Inputs of the sendit deployment. Every variable is described, typed and validated; objects use
+# optional(type, default) so a caller sets only what differs from the defaults.
+
+variable "project_id" {
+  description = "Project that hosts sendit (every resource is created in it)."
+  type        = string
+  nullable    = false
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a valid Google Cloud project id."
+  }
+}
+
+variable "region" {
+  description = "Region for the functions, buckets (unless overridden) and Firestore (unless overridden)."
+  type        = string
+  nullable    = false
+  default     = "europe-west1"
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must be a Google Cloud region such as europe-west1."
+  }
+}
+
+variable "name_prefix" {
+  description = "Prefix of the bucket names (bucket names are global). Empty: the project id is used."
+  type        = string
+  nullable    = false
+  default     = ""
+  validation {
+    condition     = var.name_prefix == "" || can(regex("^[a-z0-9][a-z0-9-]{0,28}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 2-30 lowercase letters, digits or hyphens, not starting or ending with a hyphen."
+  }
+}
+
+variable "labels" {
+  description = "Labels added to every resource that takes labels (on top of app=sendit)."
+  type        = map(string)
+  nullable    = false
+  default     = {}
+  validation {
+    condition = alltrue([
+      for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))
+    ])
+    error_message = "Label keys and values must be lowercase letters, digits, underscores or hyphens."
+  }
+}
+
+variable "bundle_path" {
+  description = "Path of the function source archive built by `python -m sendit.bundle OUT_DIR` (its name carries its content hash: sendit-functions-<sha256[:12]>.zip)."
+  type        = string
+  nullable    = false
+  validation {
+    condition     = can(regex("(^|/)sendit-functions-[0-9a-f]{12}\\.zip$", var.bundle_path))
+    error_message = "bundle_path must point at an archive named sendit-functions-<sha256[:12]>.zip (python -m sendit.bundle OUT_DIR)."
+  }
+}
+
+variable "operators" {
+  description = "IAM principals allowed to invoke the send and status functions (e.g. group:imaging-ops@example.org)."
+  type        = list(string)
+  nullable    = false
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.operators : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):.+", m))])
+    error_message = "operators must be user:, group:, serviceAccount:, domain:, principal: or principalSet: members; public principals are not accepted."
+  }
+}
+
+variable "uploaders" {
+  description = "IAM principals given upload-only access (roles/storage.objectCreator) to the staging bucket."
+  type        = list(string)
+  nullable    = false
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.uploaders : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):.+", m))])
+    error_message = "uploaders must be user:, group:, serviceAccount:, domain:, principal: or principalSet: members; public principals are not accepted."
+  }
+}
+
+variable "http_ingress" {
+  description = "Ingress of the HTTP functions (send, status): ALLOW_INTERNAL_AND_GCLB (VPC + an external HTTPS load balancer, e.g. with IAP) or ALLOW_INTERNAL_ONLY (VPC only)."
+  type        = string
+  nullable    = false
+  default     = "ALLOW_INTERNAL_AND_GCLB"
+  validation {
+    condition     = contains(["ALLOW_INTERNAL_ONLY", "ALLOW_INTERNAL_AND_GCLB"], var.http_ingress)
+    error_message = "http_ingress must be ALLOW_INTERNAL_ONLY or ALLOW_INTERNAL_AND_GCLB (never ALLOW_ALL)."
+  }
+}
+
+variable "functions" {
+  description = "Per-function runtime sizing, keyed by the function names of topology.json (anonymize, deliver, dead_letter, send, status)."
+  type = map(object({
+    memory          = optional(string, "512M")
+    cpu             = optional(string, "1")
+    timeout_seconds = optional(number, 300)
+    max_instances   = optional(number, 10)
+    min_instances   = optional(number, 0)
+    concurrency     = optional(number, 1)
+  }))
+  nullable = false
+  default = {
+    anonymize   = { memory = "2Gi", cpu = "1", timeout_seconds = 540, max_instances = 50 }
+    deliver     = { memory = "2Gi", cpu = "1", timeout_seconds = 540, max_instances = 10 }
+    dead_letter = { memory = "512M", timeout_seconds = 60, max_instances = 5 }
+    send        = { memory = "512M", timeout_seconds = 60, max_instances = 3, concurrency = 4 }
+    status      = { memory = "512M", timeout_seconds = 60, max_instances = 3, concurrency = 8 }
+  }
+  validation {
+    condition = alltrue([
+      for k, f in var.functions : f.timeout_seconds >= 1 && f.timeout_seconds <= 540 && f.max_instances >= 1 && f.min_instances >= 0 && f.concurrency >= 1
+    ])
+    error_message = "Each function needs 1 <= timeout_seconds <= 540 (event-driven limit), max_instances >= 1, min_instances >= 0 and concurrency >= 1."
+  }
+}
+
+variable "runtime" {
+  description = "Cloud Functions (2nd gen) Python runtime."
+  type        = string
+  nullable    = false
+  default     = "python312"
+  validation {
+    condition     = can(regex("^python3[0-9]+$", var.runtime))
+    error_message = "runtime must be a Python runtime id such as python312."
+  }
+}
+
+variable "settings" {
+  description = "Optional sendit settings, passed to every function as the SENDIT_* environment variables of sendit.config.Settings."
+  type = object({
+    collection          = optional(string, "sendit")
+    recipe              = optional(string)
+    allowed_modalities  = optional(list(string), ["CT", "MR"])
+    date_shift_max_days = optional(number, 365)
+    identity_provider   = optional(string, "hmac")
+    identity_url        = optional(string)
+    pixel_cleaning      = optional(bool, false)
+    delivery_layout     = optional(string, "instance")
+    cleanup             = optional(string, "after-send")
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition     = contains(["hmac", "http"], var.settings.identity_provider) && (var.settings.identity_provider != "http" || var.settings.identity_url != null)
+    error_message = "settings.identity_provider must be hmac or http; http needs settings.identity_url."
+  }
+  validation {
+    condition     = contains(["instance", "tar"], var.settings.delivery_layout) && contains(["after-send", "never"], var.settings.cleanup)
+    error_message = "settings.delivery_layout must be instance or tar; settings.cleanup must be after-send or never."
+  }
+  validation {
+    condition     = var.settings.date_shift_max_days >= 1
+    error_message = "settings.date_shift_max_days must be at least 1."
+  }
+}
+
+variable "storage" {
+  description = "Bucket options: location (default: region), retention of identified data in staging/processing, versioning of the destination."
+  type = object({
+    location                       = optional(string)
+    staging_retention_days         = optional(number, 30)
+    processing_retention_days      = optional(number, 30)
+    identified_soft_delete_seconds = optional(number, 0)
+    force_destroy                  = optional(bool, false)
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition     = var.storage.staging_retention_days >= 1 && var.storage.processing_retention_days >= 1
+    error_message = "Retention days must be at least 1."
+  }
+  validation {
+    condition     = var.storage.identified_soft_delete_seconds == 0 || (var.storage.identified_soft_delete_seconds >= 604800 && var.storage.identified_soft_delete_seconds <= 7776000)
+    error_message = "identified_soft_delete_seconds must be 0 (off) or between 7 and 90 days (GCS limits)."
+  }
+}
+
+variable "firestore" {
+  description = "Firestore database: name (a named database avoids clashing with an existing (default)), location (default: region), point-in-time recovery."
+  type = object({
+    database               = optional(string, "sendit")
+    location               = optional(string)
+    point_in_time_recovery = optional(bool, true)
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition     = var.firestore.database == "(default)" || can(regex("^[a-z][a-z0-9-]{2,61}[a-z0-9]$", var.firestore.database))
+    error_message = "firestore.database must be (default) or 4-63 lowercase letters, digits or hyphens."
+  }
+}
+
+variable "bigquery" {
+  description = "BigQuery options: dataset location (default: region)."
+  type = object({
+    location = optional(string)
+  })
+  nullable = false
+  default  = {}
+}
+
+variable "pubsub" {
+  description = "Pub/Sub delivery options for the push subscriptions that trigger anonymize, deliver and dead_letter."
+  type = object({
+    minimum_backoff            = optional(string, "10s")
+    maximum_backoff            = optional(string, "600s")
+    message_retention_duration = optional(string, "604800s")
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition     = alltrue([for d in values(var.pubsub) : can(regex("^[0-9]+s$", d))])
+    error_message = "Durations are in seconds with an s suffix, e.g. 600s."
+  }
+}
+
+variable "secret" {
+  description = "Pseudonymization key. create_version=true: Terraform generates a random key (ephemeral, write-only: never in state, plan or outputs); bump version to rotate. create_version=false: add versions yourself (gcloud secrets versions add) and pin existing_version."
+  type = object({
+    create_version   = optional(bool, true)
+    version          = optional(number, 1)
+    length           = optional(number, 48)
+    existing_version = optional(string, "latest")
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition     = var.secret.length >= 32 && var.secret.version >= 1
+    error_message = "secret.length must be at least 32 and secret.version at least 1."
+  }
+}
+
+variable "encryption_keys" {
+  description = "Optional Cloud KMS keys (CMEK), one per service (a key must sit in the location of what it encrypts). Unset: Google-managed encryption."
+  type = object({
+    storage   = optional(string)
+    bigquery  = optional(string)
+    pubsub    = optional(string)
+    firestore = optional(string)
+    secret    = optional(string)
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition = alltrue([
+      for k in values(var.encryption_keys) : k == null || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", k))
+    ])
+    error_message = "Each key must be a full Cloud KMS key id: projects/P/locations/L/keyRings/R/cryptoKeys/K."
+  }
+}
+
+variable "enable_apis" {
+  description = "Enable the Google APIs sendit uses (set false when a platform team manages services)."
+  type        = bool
+  nullable    = false
+  default     = true
+}
+
+variable "deletion_protection" {
+  description = "Protect the state database (Firestore) and the BigQuery table from deletion by Terraform. Set false only to tear a test deployment down."
+  type        = bool
+  nullable    = false
+  default     = true
+}
+
+variable "destination_versioning" {
+  description = "Keep noncurrent versions of delivered objects in the destination bucket (protects deliveries from accidental overwrite)."
+  type        = bool
+  nullable    = false
+  default     = true
+}
