@@ -41,13 +41,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stdout is now: functions-framework swaps it per request to add execution ids."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup(level: int = logging.INFO) -> None:
-    """Route the root logger to stdout as JSON lines (idempotent)."""
+    """Route the root logger to stdout as JSON lines, replacing any plain-text handler (idempotent).
+
+    functions-framework installs a plain handler on the root logger (and Flask logs request exceptions
+    with their full text through it); replacing it keeps every line JSON with a severity and keeps
+    exception messages, which may quote header values or object names, out of the logs.
+    """
     root = logging.getLogger()
-    for handler in root.handlers:
-        if getattr(handler, "_sendit", False):
-            return
-    handler = logging.StreamHandler(sys.stdout)
+    if any(getattr(h, "_sendit", False) for h in root.handlers):
+        return
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = _StdoutHandler()
     handler.setFormatter(JsonFormatter())
     handler._sendit = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -1,0 +1,62 @@
+"""JSON log lines with severity; exception text (which may quote PHI) never reaches the log."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+
+from sendit import logs
+
+
+def _capture(fn: object) -> list[dict[str, object]]:
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    root.handlers = [logging.StreamHandler()]  # a plain handler, as functions-framework installs
+    try:
+        with contextlib.redirect_stdout(buffer):
+            logs.setup()
+            fn()  # type: ignore[operator]
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def test_lines_are_json_with_severity_and_extra_fields() -> None:
+    lines = _capture(
+        lambda: logging.getLogger("sendit.x").warning("file done", extra={"batch_id": "b1", "n": 3})
+    )
+    assert lines == [
+        {
+            **lines[0],
+            "severity": "WARNING",
+            "message": "file done",
+            "batch_id": "b1",
+            "n": 3,
+            "logger": "sendit.x",
+        }
+    ]
+
+
+def test_plain_handlers_are_replaced_so_nothing_is_printed_twice() -> None:
+    lines = _capture(lambda: logging.getLogger("sendit.y").info("once"))
+    assert [entry["message"] for entry in lines] == ["once"]
+
+
+def test_exception_text_is_not_logged() -> None:
+    def fail() -> None:
+        try:
+            raise ValueError("Zyxwort^Quillane MRN7734981")
+        except ValueError:
+            logging.getLogger("sendit.z").exception("could not parse")
+
+    lines = _capture(fail)
+    assert lines[0]["severity"] == "ERROR" and lines[0]["exception"] == "ValueError"
+    assert "Zyxwort" not in json.dumps(lines) and "MRN7734981" not in json.dumps(lines)
+
+
+def test_digest_is_short_and_stable() -> None:
+    assert logs.digest("L123456/a.dcm") == logs.digest(b"L123456/a.dcm")
+    assert len(logs.digest("x")) == 12 and logs.digest("x") != logs.digest("y")
