@@ -8,26 +8,28 @@
 locals {
   # Every variable sendit.config.Settings.from_env reads, set explicitly on every function. The key
   # (SENDIT_SECRET_KEY) is not here: it comes from Secret Manager as a secret environment variable.
+  settings_env = {
+    GOOGLE_CLOUD_PROJECT       = var.project_id
+    SENDIT_STAGING_BUCKET      = local.buckets.staging
+    SENDIT_PROCESSING_BUCKET   = local.buckets.processing
+    SENDIT_DESTINATION_BUCKET  = local.buckets.destination
+    SENDIT_BIGQUERY_TABLE      = local.bigquery_table_id
+    SENDIT_DELIVER_TOPIC       = local.topics.deliver
+    SENDIT_FIRESTORE_DATABASE  = var.firestore.database
+    SENDIT_COLLECTION          = var.settings.collection
+    SENDIT_ALLOWED_MODALITIES  = join(",", var.settings.allowed_modalities)
+    SENDIT_DATE_SHIFT_MAX_DAYS = tostring(var.settings.date_shift_max_days)
+    SENDIT_IDENTITY_PROVIDER   = var.settings.identity_provider
+    SENDIT_PIXEL_CLEANING      = tostring(var.settings.pixel_cleaning)
+    SENDIT_DELIVERY_LAYOUT     = var.settings.delivery_layout
+    SENDIT_CLEANUP             = var.settings.cleanup
+    SENDIT_MAX_ATTEMPTS        = tostring(local.topology.subscriptions.anonymize.max_delivery_attempts)
+    # functions-framework adds execution ids to JSON log lines; deid's own logger stays quiet.
+    LOG_EXECUTION_ID = "true"
+    MESSAGELEVEL     = "QUIET"
+  }
   function_env = merge(
-    {
-      GOOGLE_CLOUD_PROJECT       = var.project_id
-      SENDIT_STAGING_BUCKET      = local.buckets.staging
-      SENDIT_PROCESSING_BUCKET   = local.buckets.processing
-      SENDIT_DESTINATION_BUCKET  = local.buckets.destination
-      SENDIT_BIGQUERY_TABLE      = local.bigquery_table_id
-      SENDIT_DELIVER_TOPIC       = local.topics.deliver
-      SENDIT_FIRESTORE_DATABASE  = var.firestore.database
-      SENDIT_COLLECTION          = var.settings.collection
-      SENDIT_ALLOWED_MODALITIES  = join(",", var.settings.allowed_modalities)
-      SENDIT_DATE_SHIFT_MAX_DAYS = tostring(var.settings.date_shift_max_days)
-      SENDIT_IDENTITY_PROVIDER   = var.settings.identity_provider
-      SENDIT_PIXEL_CLEANING      = tostring(var.settings.pixel_cleaning)
-      SENDIT_DELIVERY_LAYOUT     = var.settings.delivery_layout
-      SENDIT_CLEANUP             = var.settings.cleanup
-      SENDIT_MAX_ATTEMPTS        = tostring(local.topology.subscriptions.anonymize.max_delivery_attempts)
-      LOG_EXECUTION_ID           = "true"
-      MESSAGELEVEL               = "QUIET"
-    },
+    local.settings_env,
     var.settings.recipe == null ? {} : { SENDIT_RECIPE = var.settings.recipe },
     var.settings.identity_url == null ? {} : { SENDIT_IDENTITY_URL = var.settings.identity_url },
   )
