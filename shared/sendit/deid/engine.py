@@ -1,0 +1,398 @@
+"""The de-identification engine: read once, filter, walk once, write once.
+
+    engine = Engine.from_settings(settings)        # once per process (recipe parsed and compiled once)
+    outcome = engine.process(src, dst)             # thread-safe; never raises for bad input
+
+``src`` is a path or a seekable binary file object, ``dst`` a writable binary file object. The outcome is
+ANONYMIZED (clean file written to ``dst``), SKIPPED or FAILED (nothing written), with a short reason that
+never quotes a header value or a path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import IO, TYPE_CHECKING, Any
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import dcmwrite
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from sendit.deid.identity import (
+    HmacIdentity,
+    HttpIdentity,
+    IdentityError,
+    IdentityProvider,
+    Subject,
+    check_key,
+)
+from sendit.deid.outcome import Outcome, Pseudonyms
+from sendit.deid.plan import Context
+from sendit.deid.recipe import FilterItem, Recipe, load_recipe
+from sendit.deid.row import build_row
+
+if TYPE_CHECKING:
+    from sendit.config import Settings
+
+log = logging.getLogger(__name__)
+
+try:
+    from importlib.metadata import version as _dist_version
+
+    SOFTWARE_VERSION = _dist_version("sendit")
+except Exception:  # pragma: no cover - not installed as a distribution
+    SOFTWARE_VERSION = "0.0.0"
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+CODE_MEANINGS = {
+    "113100": "Basic Application Confidentiality Profile",
+    "113101": "Clean Pixel Data Option",
+    "113102": "Clean Recognizable Visual Features Option",
+    "113103": "Clean Graphics Option",
+    "113104": "Clean Structured Content Option",
+    "113105": "Clean Descriptors Option",
+    "113106": "Retain Longitudinal Temporal Information Full Dates Option",
+    "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
+    "113108": "Retain Patient Characteristics Option",
+    "113109": "Retain Device Identity Option",
+    "113110": "Retain UIDs Option",
+    "113111": "Retain Safe Private Option",
+    "113112": "Retain Institution Identity Option",
+}
+_MODALITY_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+class Rejected(Exception):
+    """Internal: a file ends SKIPPED or FAILED with a reason."""
+
+    def __init__(self, state: str, reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Originals:
+    patient_id: str
+    accession: str | None
+    study_uid: str | None
+    series_uid: str | None
+    instance_uid: str
+
+
+class Engine:
+    """De-identifies one DICOM file per ``process`` call with one compiled recipe."""
+
+    def __init__(
+        self,
+        recipe_path: str | None = None,
+        secret_key: bytes | str = b"",
+        allowed_modalities: tuple[str, ...] | None = ("CT", "MR"),
+        date_shift_max_days: int = 365,
+        pixel_cleaning: bool = False,
+        identity: IdentityProvider | None = None,
+        *,
+        remove_private: bool = True,
+        functions: Mapping[str, Callable[[DataElement, Context], Any]] | None = None,
+        defer_size: int = 1024 * 1024,
+    ) -> None:
+        key = check_key(secret_key)  # no key, no run (also for the HTTP provider: it keys the UIDs)
+        self.identity: IdentityProvider = identity or HmacIdentity(key, date_shift_max_days)
+        self.recipe: Recipe = load_recipe(recipe_path, remove_private=remove_private)
+        self.allowed_modalities = (
+            None if allowed_modalities is None else frozenset(m.upper() for m in allowed_modalities)
+        )
+        self.pixel_cleaning = pixel_cleaning
+        self.functions = dict(functions or {})
+        self.defer_size = defer_size
+        self.method = f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}; sha256:{self.recipe.sha256}"
+        # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, hash
+        self.method_values = [
+            f"sendit {SOFTWARE_VERSION}"[:64],
+            f"recipe {self.recipe.name}"[:64],
+            f"sha256:{self.recipe.sha256[:48]}",
+        ]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Engine:
+        identity: IdentityProvider | None = None
+        if settings.identity_provider == "http":
+            if not settings.identity_url:
+                raise ValueError("SENDIT_IDENTITY_URL is required by SENDIT_IDENTITY_PROVIDER=http")
+            identity = HttpIdentity(
+                settings.identity_url,
+                check_key(settings.secret_key),
+                date_shift_max_days=settings.date_shift_max_days,
+            )
+        return cls(
+            recipe_path=settings.recipe_path,
+            secret_key=settings.secret_key,
+            allowed_modalities=settings.allowed_modalities,
+            date_shift_max_days=settings.date_shift_max_days,
+            pixel_cleaning=settings.pixel_cleaning,
+            identity=identity,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+
+    def process(self, src: str | os.PathLike[str] | IO[bytes], dst: IO[bytes]) -> Outcome:
+        """De-identify ``src`` into ``dst``. Never raises for bad input."""
+        opened: IO[bytes] | None = None
+        try:
+            if isinstance(src, (str, os.PathLike)):
+                try:
+                    opened = open(src, "rb")  # noqa: SIM115 - closed in finally
+                except OSError as exc:
+                    return Outcome("FAILED", reason=f"unreadable ({type(exc).__name__})")
+                fp: IO[bytes] = opened
+            else:
+                fp = src
+            return self._process(fp, dst)
+        except Rejected as rejected:
+            return Outcome(rejected.state, reason=rejected.reason)  # type: ignore[arg-type]
+        except IdentityError as exc:
+            return Outcome("FAILED", reason=str(exc))
+        except Exception as exc:  # never crash the caller on one bad file; the reason names no value
+            log.warning("de-identification failed: %s", type(exc).__name__)
+            return Outcome("FAILED", reason=f"unexpected error ({type(exc).__name__})")
+        finally:
+            if opened is not None:
+                opened.close()
+
+    def _process(self, fp: IO[bytes], dst: IO[bytes]) -> Outcome:
+        size = _size(fp)
+        ds = self._read(fp, size)
+        originals = self._check(ds, size)
+        cleaning = self._filters(ds)
+        ident = self.identity.identity(
+            Subject(originals.patient_id, originals.accession, originals.study_uid)
+        )
+        ctx = Context(
+            variables={
+                "patient_id": ident.patient_id,
+                "accession": ident.accession,
+                "date_shift": ident.date_shift,
+                # the names the original sendit (DASHER) recipes use
+                "entity_id": ident.patient_id,
+                "item_id": ident.accession,
+            },
+            uid=self.identity.uid,
+            functions=self.functions,
+            date_shift=ident.date_shift,
+        )
+        if cleaning:
+            from sendit.deid.pixels import clean_pixels
+
+            reason = clean_pixels(ds, cleaning)
+            if reason:
+                raise Rejected("FAILED", reason)
+        self.recipe.plan.apply(ds, ctx)
+        self._finish(ds, originals, cleaned=bool(cleaning))
+        written = self._write(ds, dst)
+        row = build_row(ds, self.method)
+        return Outcome(
+            "ANONYMIZED",
+            ids=Pseudonyms(
+                patient_id=ident.patient_id,
+                study_uid=row["study_uid"],
+                series_uid=row["series_uid"],
+                instance_uid=row["instance_uid"],
+                accession=ident.accession,
+            ),
+            row=row,
+            study_date=_text(ds.get("StudyDate")) or None,
+            bytes_written=written,
+        )
+
+    # -- reading and checks
+
+    def _read(self, fp: IO[bytes], size: int | None) -> Dataset:
+        if size == 0:
+            raise Rejected("FAILED", "empty file")
+        start = fp.tell()
+        try:
+            ds = dcmread(fp, defer_size=self.defer_size)
+        except InvalidDicomError:
+            fp.seek(start)
+            try:  # no preamble: a bare dataset is still DICOM if it reads as one
+                ds = dcmread(fp, defer_size=self.defer_size, force=True)
+            except Exception as exc:
+                raise Rejected("FAILED", "not DICOM") from exc
+            if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+                raise Rejected("FAILED", "not DICOM") from None
+        except (EOFError, OSError) as exc:
+            raise Rejected("FAILED", "truncated DICOM") from exc
+        except Exception as exc:
+            raise Rejected("FAILED", f"unreadable DICOM ({type(exc).__name__})") from exc
+        if len(ds) == 0:
+            raise Rejected("FAILED", "not DICOM")
+        return ds
+
+    def _check(self, ds: Dataset, size: int | None) -> _Originals:
+        try:
+            instance = _text(ds.get("SOPInstanceUID"))
+            modality = _text(ds.get("Modality")).upper()
+            burned = _text(ds.get("BurnedInAnnotation")).upper()
+            originals = _Originals(
+                patient_id=_text(ds.get("PatientID")),
+                accession=_text(ds.get("AccessionNumber")) or None,
+                study_uid=_text(ds.get("StudyInstanceUID")) or None,
+                series_uid=_text(ds.get("SeriesInstanceUID")) or None,
+                instance_uid=instance,
+            )
+        except Exception as exc:
+            raise Rejected("FAILED", "truncated DICOM") from exc
+        if not instance:
+            raise Rejected("FAILED", "missing SOPInstanceUID")
+        if not originals.patient_id:
+            # no patient identifier: the study stands in for the patient (its own pseudonym and shift)
+            originals = replace(originals, patient_id="study:" + (originals.study_uid or instance))
+        if self.allowed_modalities is not None and modality not in self.allowed_modalities:
+            if not modality:
+                raise Rejected("SKIPPED", "modality missing")
+            shown = modality if len(modality) <= 16 and set(modality) <= _MODALITY_OK else "?"
+            raise Rejected("SKIPPED", f"modality {shown} not allowed")
+        self._check_pixels(ds, size)
+        if burned == "YES" and not (self.pixel_cleaning and self._graylist_coordinates(ds)):
+            raise Rejected("SKIPPED", "burned-in annotation (BurnedInAnnotation=YES)")
+        return originals
+
+    def _check_pixels(self, ds: Dataset, size: int | None) -> None:
+        pixel_tag = next((t for t in PIXEL_TAGS if t in ds._dict), None)
+        if pixel_tag is None:
+            if "Rows" in ds and "Columns" in ds:
+                raise Rejected("FAILED", "missing pixel data")
+            return
+        raw = ds._dict[pixel_tag]
+        length = getattr(raw, "length", None)
+        tell = getattr(raw, "value_tell", None)
+        if length is None or length == 0xFFFFFFFF:
+            return  # encapsulated: pydicom found the sequence delimiter or failed reading
+        syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds.__dict__ else None
+        deflated = syntax is not None and syntax.is_deflated
+        if size is not None and tell is not None and not deflated and tell + length > size:
+            raise Rejected("FAILED", "truncated DICOM")  # deferred value runs past the end of the file
+        if pixel_tag == 0x7FE00010 and syntax is not None and not syntax.is_compressed:
+            expected = _native_length(ds)
+            if expected is not None and length < expected:
+                raise Rejected("FAILED", "truncated DICOM")
+
+    # -- filters
+
+    def _graylist_coordinates(self, ds: Dataset) -> list[FilterItem]:
+        return [item for item in self.recipe.filter_hits(ds, "graylist") if item.coordinates]
+
+    def _filters(self, ds: Dataset) -> list[FilterItem]:
+        """Apply %filter lists; return the graylist items whose coordinates must be cleaned."""
+        blacklisted = self.recipe.filter_hits(ds, "blacklist")
+        if blacklisted:
+            raise Rejected("SKIPPED", f"blacklist: {_label(blacklisted[0])}")
+        if _text(ds.get("BurnedInAnnotation")).upper() == "YES":
+            return self._graylist_coordinates(ds)  # only reached with pixel cleaning and coordinates
+        if self.recipe.filter_hits(ds, "whitelist"):
+            return []
+        grey = self.recipe.filter_hits(ds, "graylist")
+        if not grey:
+            return []
+        if self.pixel_cleaning and all(item.coordinates for item in grey):
+            return grey
+        raise Rejected("SKIPPED", f"graylist: {_label(grey[0])}")
+
+    # -- after the walk
+
+    def _finish(self, ds: Dataset, originals: _Originals, cleaned: bool) -> None:
+        uid = self.identity.uid
+        for keyword, original in (
+            ("SOPInstanceUID", originals.instance_uid),
+            ("StudyInstanceUID", originals.study_uid),
+            ("SeriesInstanceUID", originals.series_uid),
+        ):
+            if original and not _text(ds.get(keyword)):
+                setattr(ds, keyword, uid(original))  # a recipe may remove them; an instance needs them
+        old_meta = ds.file_meta
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or old_meta.get("MediaStorageSOPClassUID")
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = old_meta.get("TransferSyntaxUID") or _guess_syntax(ds)
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = f"SENDIT_{SOFTWARE_VERSION}"[:16]
+        ds.file_meta = meta
+        ds.preamble = b"\0" * 128
+
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self.method_values
+        codes = list(self.recipe.codes) + (["113101"] if cleaned else [])
+        if codes:
+            items = []
+            for code in codes:
+                item = Dataset()
+                item.CodeValue = code
+                item.CodingSchemeDesignator = "DCM"
+                item.CodeMeaning = CODE_MEANINGS.get(code, "De-identification method")
+                items.append(item)
+            ds.DeidentificationMethodCodeSequence = Sequence(items)
+        ds.LongitudinalTemporalInformationModified = self.recipe.temporal
+
+    def _write(self, ds: Dataset, dst: IO[bytes]) -> int:
+        start = dst.tell() if dst.seekable() else None
+        try:
+            dcmwrite(dst, ds, enforce_file_format=True)
+        except Exception as exc:
+            if start is not None:  # nothing written on failure
+                dst.seek(start)
+                dst.truncate()
+            raise Rejected("FAILED", f"cannot write DICOM ({type(exc).__name__})") from exc
+        return dst.tell() - start if start is not None else 0
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return str(value).strip(" \x00")
+
+
+def _label(item: FilterItem) -> str:
+    return item.label or "unnamed filter"
+
+
+def _size(fp: IO[bytes]) -> int | None:
+    try:
+        return os.fstat(fp.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        here = fp.tell()
+        end = fp.seek(0, os.SEEK_END)
+        fp.seek(here)
+        return end
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _native_length(ds: Dataset) -> int | None:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:
+        return None
+    total_bits = rows * cols * samples * bits * frames
+    return (total_bits + 7) // 8
+
+
+def _guess_syntax(ds: Dataset) -> str:
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if ds.original_encoding[0]:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if ds.original_encoding[1] else ExplicitVRBigEndian
