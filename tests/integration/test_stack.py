@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from google.api_core.retry import Retry
 from google.cloud import bigquery, firestore, pubsub_v1
+
 from sendit.config import bigquery_schema, topology
 
 pytestmark = pytest.mark.stack
