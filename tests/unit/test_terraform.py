@@ -19,6 +19,7 @@ from typing import Any
 
 import hcl2
 import pytest
+
 from sendit.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +114,7 @@ def evaluate(expr: str, depth: int = 0) -> Any:
     """
     assert depth < 10, "expressions nest too deep"
     expr = expr.strip()
+    value: Any
     if m := re.fullmatch(r"tostring\((.+)\)", expr):
         value = evaluate(m.group(1), depth + 1)
         if value is _UNKNOWN:
@@ -126,7 +128,7 @@ def evaluate(expr: str, depth: int = 0) -> Any:
     if m := re.fullmatch(r"var\.(\w+)\.(\w+)", expr):
         return _optional_default(variables()[m.group(1)]["type"], m.group(2))
     if m := re.fullmatch(r"local\.topology((?:\.\w+)+)", expr):
-        value: Any = TOPOLOGY
+        value = TOPOLOGY
         for part in m.group(1).strip(".").split("."):
             value = value[part]
         return value
@@ -171,7 +173,7 @@ def decorated_entry_points() -> dict[str, str]:
 def required_env_vars() -> set[str]:
     """The names Settings.from_env requires, read from config.py (``need("X")`` calls)."""
     tree = ast.parse((ROOT / "shared" / "sendit" / "config.py").read_text(encoding="utf-8"))
-    names = {
+    names: set[str] = {
         node.args[0].value
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
@@ -179,6 +181,7 @@ def required_env_vars() -> set[str]:
         and node.func.id == "need"
         and node.args
         and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
     }
     assert names, "found no need(...) calls in config.py: update this test"
     return names | {SECRET_ENV}
