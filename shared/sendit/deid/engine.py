@@ -33,7 +33,7 @@ from sendit.deid.identity import (
     check_key,
 )
 from sendit.deid.outcome import Outcome, Pseudonyms
-from sendit.deid.plan import Context
+from sendit.deid.plan import Context, text_value
 from sendit.deid.recipe import FilterItem, Recipe, load_recipe
 from sendit.deid.row import build_row
 
@@ -206,7 +206,7 @@ class Engine:
                 accession=ident.accession,
             ),
             row=row,
-            study_date=_text(ds.get("StudyDate")) or None,
+            study_date=text_value(ds, 0x00080020) or None,
             bytes_written=written,
         )
 
@@ -236,14 +236,14 @@ class Engine:
 
     def _check(self, ds: Dataset, size: int | None) -> _Originals:
         try:
-            instance = _text(ds.get("SOPInstanceUID"))
-            modality = _text(ds.get("Modality")).upper()
-            burned = _text(ds.get("BurnedInAnnotation")).upper()
+            instance = text_value(ds, 0x00080018) or ""
+            modality = (text_value(ds, 0x00080060) or "").upper()
+            burned = (text_value(ds, 0x00280301) or "").upper()
             originals = _Originals(
-                patient_id=_text(ds.get("PatientID")),
-                accession=_text(ds.get("AccessionNumber")) or None,
-                study_uid=_text(ds.get("StudyInstanceUID")) or None,
-                series_uid=_text(ds.get("SeriesInstanceUID")) or None,
+                patient_id=text_value(ds, 0x00100020) or "",
+                accession=text_value(ds, 0x00080050) or None,
+                study_uid=text_value(ds, 0x0020000D) or None,
+                series_uid=text_value(ds, 0x0020000E) or None,
                 instance_uid=instance,
             )
         except Exception as exc:
@@ -293,7 +293,7 @@ class Engine:
         blacklisted = self.recipe.filter_hits(ds, "blacklist")
         if blacklisted:
             raise Rejected("SKIPPED", f"blacklist: {_label(blacklisted[0])}")
-        if _text(ds.get("BurnedInAnnotation")).upper() == "YES":
+        if (text_value(ds, 0x00280301) or "").upper() == "YES":
             return self._graylist_coordinates(ds)  # only reached with pixel cleaning and coordinates
         if self.recipe.filter_hits(ds, "whitelist"):
             return []

@@ -26,7 +26,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -348,11 +348,17 @@ class Decision:
     keep: bool  # KEEP matched (protects the subtree of a sequence)
     no_remove: bool  # a REPLACE/JITTER targets it: REMOVE is suppressed
     remap_uid: bool  # engine policy: untouched non-registered UID gets the keyed UID
-    drop: bool  # engine policy: private without KEEP, group length
+    drop: bool  # engine policy (private without KEEP, group length) or an unconditional REMOVE
 
 
 UNTOUCHED = Decision((), False, False, False, False)
 DROP = Decision((), False, False, False, True)
+
+# VRs whose raw bytes can be edited as ASCII text without pydicom's value conversion
+_RAW_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UI"}
+)
+_UNSPLIT_VRS = frozenset({"LT", "ST"})
 
 
 class Plan:
@@ -410,6 +416,9 @@ class Plan:
         remap = self.remap_uids and vr == "UI" and not keep and not steps
         if not steps and not keep and not remap:
             return UNTOUCHED
+        if not no_remove and any(a.kind == "REMOVE" and a.value is None for a in steps):
+            # whatever comes before it, an unconditional REMOVE that is not suppressed wins
+            return Decision(steps, keep, no_remove, remap, True)
         return Decision(steps, keep, no_remove, remap, False)
 
     # -- the walk
@@ -441,6 +450,8 @@ class Plan:
                 continue
             if decision.keep and not decision.steps:
                 continue
+            if isinstance(raw, RawDataElement) and self._fold_raw(ds, tag, raw, vr, decision, ctx):
+                continue
             element = ds[tag]
             if decision.remap_uid:
                 if element.value:
@@ -459,6 +470,66 @@ class Plan:
         for item in element.value or ():
             if isinstance(item, Dataset):
                 self._walk(item, name, ctx)
+
+    def _fold_raw(
+        self, ds: Dataset, tag: int, raw: RawDataElement, vr: str, decision: Decision, ctx: Context
+    ) -> bool:
+        """Fold on the raw bytes of an ASCII text element (no pydicom conversion); False: not possible."""
+        value = raw.value
+        if vr not in _RAW_TEXT_VRS or value is None or not value.isascii():
+            return False
+        text = value.decode("ascii").rstrip(" \x00")
+        if decision.remap_uid:
+            new = _remap_text(text, ctx.uid) if text else text
+        else:
+            new = text
+            for action in decision.steps:
+                kind, spec = action.kind, action.value
+                if kind == "REMOVE":
+                    if spec is not None:
+                        return False  # a conditional REMOVE needs the element
+                    continue  # suppressed (a REPLACE/JITTER targets it)
+                if kind == "BLANK":
+                    new = ""
+                elif kind in ("REPLACE", "ADD"):
+                    if spec is None:
+                        continue
+                    if spec == "func:hash_uid":
+                        new = _remap_text(new, ctx.uid) if new else new
+                        continue
+                    if spec.lower().startswith(("func:", "deid_func:")):
+                        return False
+                    found = resolve(spec, None, ctx, vr)
+                    if found is None:
+                        continue
+                    if not isinstance(found, (str, int, float)):
+                        return False
+                    new = str(found)
+                elif kind == "JITTER":
+                    if not new or spec is None:
+                        continue
+                    if spec.lower().startswith(("func:", "deid_func:")):
+                        return False
+                    days = resolve(spec, None, ctx, vr)
+                    if days is None:
+                        continue
+                    if vr in ("DA", "DT"):
+                        parts = new.split("\\")
+                        shifted = shift_date_value(parts if len(parts) > 1 else parts[0], vr, int(days))
+                        if shifted is None:
+                            new = ""
+                        else:
+                            new = "\\".join(shifted) if isinstance(shifted, list) else shifted
+        if new == text:
+            return True
+        if not new.isascii():
+            return False
+        data = new.encode("ascii")
+        if len(data) % 2:
+            data += b"\x00" if vr == "UI" else b" "
+        ds._dict[tag] = raw._replace(value=data, length=len(data))
+        ctx.touched += 1
+        return True
 
     def _fold(self, ds: Dataset, element: DataElement, decision: Decision, ctx: Context) -> bool:
         """Fold the matched actions over one element; False if it was removed."""
@@ -517,6 +588,29 @@ class Plan:
         if later:
             self._fold(ds, ds[tag], Decision(later, False, decision.no_remove, False, False), ctx)
         ctx.touched += 1
+
+
+def text_value(ds: Dataset, tag: int) -> str | None:
+    """The stripped text of a top-level element, read from raw ASCII bytes when still raw.
+
+    Avoids pydicom's value conversion for the handful of attributes the engine reads per file.
+    Multi-valued text comes back with its backslashes; None when the element is absent.
+    """
+    raw = ds._dict.get(tag)
+    if raw is None:
+        return None
+    if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
+        return raw.value.decode("ascii").strip(" \x00")
+    value = ds[tag].value
+    if value is None:
+        return ""
+    if isinstance(value, (list, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip(" \x00")
+
+
+def _remap_text(text: str, remap: Callable[[str], str]) -> str:
+    return "\\".join(str(remap_uid_value(part, remap)) for part in text.split("\\"))
 
 
 def _dict_vr(tag: int) -> str:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+
+from sendit.deid.plan import text_value
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULK_THRESHOLD = 256  # binary values at least this long are left out of the header JSON
@@ -14,26 +18,27 @@ _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    text = str(value).strip(" \x00")
-    return text or None
+    return text_value(ds, tag_for_keyword(keyword)) or None
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+    tag = tag_for_keyword(keyword)
+    raw = ds._dict.get(tag)
+    if raw is not None and raw.VR in _STRUCT:  # US/UL...: binary, let pydicom read it
+        value = ds[tag].value
+        return int(value) if isinstance(value, int) else None
+    text = text_value(ds, tag)
     try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        return int(float(text.split("\\")[0])) if text else None
+    except ValueError:
         return None
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
-    value = ds.get(keyword)
+    text = text_value(ds, tag_for_keyword(keyword))
     try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        return float(text.split("\\")[0]) if text else None
+    except ValueError:
         return None
 
 
@@ -44,18 +49,70 @@ def _iso_date(value: str | None) -> str | None:
 
 
 def _spacing(ds: Dataset) -> list[float]:
-    value = ds.get("PixelSpacing")
-    if value is None or value == "":
-        return []
-    values = [value] if isinstance(value, (str, int, float)) else list(value)
+    text = text_value(ds, 0x00280030)
     try:
-        return [float(v) for v in values]
-    except (TypeError, ValueError):
+        return [float(v) for v in text.split("\\")] if text else []
+    except ValueError:
         return []
+
+
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI"})
+_UNSPLIT_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_STRUCT = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+
+
+def _number(text: str, vr: str) -> int | float:
+    return int(text) if vr == "IS" else float(text)
+
+
+def _raw_json(tag: int, raw: RawDataElement) -> dict[str, Any] | None:
+    """JSON of a still-raw element straight from its bytes (None: let pydicom convert it)."""
+    value = raw.value
+    vr = raw.VR
+    if vr is None:
+        if tag >> 16 & 1:
+            return None
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    if value is None:
+        return None
+    if vr in _STRUCT:
+        size = struct.calcsize(_STRUCT[vr])
+        if len(value) % size:
+            return None
+        fmt = ("<" if raw.is_little_endian else ">") + _STRUCT[vr] * (len(value) // size)
+        numbers = list(struct.unpack(fmt, value))
+        return {"vr": vr, "Value": numbers} if numbers else {"vr": vr}
+    text_vr = vr in _TEXT_VRS or vr in _UNSPLIT_VRS or vr in ("DS", "IS", "PN")
+    if not text_vr or not value.isascii():
+        return None  # other VRs and non-ASCII text (character sets): pydicom's conversion
+    text = value.decode("ascii").rstrip(" \x00")
+    if not text:
+        return {"vr": vr}
+    parts = [text] if vr in _UNSPLIT_VRS else [p.strip(" \x00") for p in text.split("\\")]
+    if vr in ("DS", "IS"):
+        try:
+            return {"vr": vr, "Value": [_number(p, vr) if p else None for p in parts]}
+        except ValueError:
+            return None
+    if vr == "PN":
+        names: list[dict[str, str] | None] = []
+        for part in parts:
+            groups = part.split("=")
+            keys = ("Alphabetic", "Ideographic", "Phonetic")
+            names.append({k: g for k, g in zip(keys, groups, strict=False) if g} or None)
+        return {"vr": vr, "Value": names}
+    return {"vr": vr, "Value": [p or None for p in parts]}
 
 
 def header_json(ds: Dataset) -> dict[str, Any]:
-    """The DICOM JSON model (PS3.18 F) of ``ds`` without pixel data and bulk binary values."""
+    """The DICOM JSON model (PS3.18 F) of ``ds`` without pixel data and bulk binary values.
+
+    Elements the engine did not touch are still raw: their JSON is made from the bytes, without
+    pydicom's value conversion (the costliest part of building the row otherwise).
+    """
     out: dict[str, Any] = {}
     for tag, raw in ds._dict.items():  # look before decoding (deferred pixel data)
         if tag in _PIXEL_TAGS:
@@ -63,6 +120,11 @@ def header_json(ds: Dataset) -> dict[str, Any]:
         if raw.VR in BINARY_VRS:
             length = raw.length if isinstance(raw, RawDataElement) else len(raw.value or b"")
             if length >= BULK_THRESHOLD:
+                continue
+        if isinstance(raw, RawDataElement):
+            fast = _raw_json(tag, raw)
+            if fast is not None:
+                out[f"{tag:08X}"] = fast
                 continue
         element = ds[tag]
         if element.VR == "SQ":
