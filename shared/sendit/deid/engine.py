@@ -216,6 +216,9 @@ class Engine:
         if size == 0:
             raise Rejected("FAILED", "empty file")
         start = fp.tell()
+        head = fp.read(132)
+        fp.seek(start)
+        magic = head[128:132] == b"DICM"
         try:
             ds = dcmread(fp, defer_size=self.defer_size)
         except InvalidDicomError:
@@ -231,7 +234,7 @@ class Engine:
         except Exception as exc:
             raise Rejected("FAILED", f"unreadable DICOM ({type(exc).__name__})") from exc
         if len(ds) == 0:
-            raise Rejected("FAILED", "not DICOM")
+            raise Rejected("FAILED", "truncated DICOM" if magic else "not DICOM")
         return ds
 
     def _check(self, ds: Dataset, size: int | None) -> _Originals:

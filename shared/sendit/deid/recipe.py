@@ -180,7 +180,9 @@ def _filters(parsed: dict[str, Any]) -> tuple[FilterItem, ...]:
                 for f in entry.get("filters") or ()
             )
             coordinates = tuple((int(m), str(c)) for m, c in entry.get("coordinates") or ())
-            items.append(FilterItem(str(group).lower(), str(entry.get("name", "")), lines, coordinates))
+            # deid 0.4.13 leaves an upper-case "LABEL " in the name: strip it for the reason string
+            label = re.sub(r"^label\s+", "", str(entry.get("name", "")), flags=re.IGNORECASE).strip()
+            items.append(FilterItem(str(group).lower(), label, lines, coordinates))
     return tuple(items)
 
 
