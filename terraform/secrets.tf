@@ -16,7 +16,7 @@ locals {
 }
 
 resource "google_secret_manager_secret" "key" {
-  #checkov:skip=CKV_GCP_128:CMEK is optional (var.encryption_keys.secret); Secret Manager encrypts with Google-managed keys otherwise.
+  # CMEK is optional (var.encryption_keys.secret); Google-managed encryption otherwise.
   project   = var.project_id
   secret_id = "sendit-pseudonymization-key"
   labels    = local.labels
