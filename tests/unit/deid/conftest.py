@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("MESSAGELEVEL", "QUIET")  # deid's own logger (used by the differential tests)
 sys.path.insert(0, str(Path(__file__).parent))  # the local factory module
 
-from sendit.deid.engine import Engine  # noqa: E402
+from sendit.deid.engine import Engine
 
 KEY = b"unit-test-secret-key-0123456789"
 

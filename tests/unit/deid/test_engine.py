@@ -217,7 +217,8 @@ def test_custom_recipe_filters_and_private_keep(tmp_path: Path) -> None:
     recipe = tmp_path / "deid.custom"
     recipe.write_text(
         "FORMAT dicom\n\n%filter blacklist\n\nLABEL no scouts\n  contains ImageType LOCALIZER\n\n"
-        "%filter graylist\n\nLABEL acme dose screens\n  contains Manufacturer ACME\n  + contains SeriesDescription DOSE\n"
+        "%filter graylist\n\nLABEL acme dose screens\n  contains Manufacturer ACME\n"
+        "  + contains SeriesDescription DOSE\n"
         "  coordinates 0,0,8,4\n\n"
         "%header\n\nREMOVE PatientName\nREPLACE PatientID var:patient_id\nJITTER StudyDate var:date_shift\n"
         'KEEP (0009,"PLANT CREATOR",02)\nREPLACE InstitutionName SOMEWHERE\nBLANK endswith:Address\n'

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import pytest
 from conftest import KEY
@@ -78,9 +79,9 @@ def test_no_key_no_run(key: bytes | None) -> None:
 
 
 class _Broker(BaseHTTPRequestHandler):
-    requests: list[dict] = []
+    requests: ClassVar[list[dict]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Broker.requests.append({"path": self.path, "body": body})
         ident = body["identifiers"][0]
