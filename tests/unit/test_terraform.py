@@ -512,3 +512,27 @@ def test_checkov_reports_no_failed_check() -> None:
     passed, failed, _skipped = map(int, match.groups())
     assert failed == 0
     assert passed > 0
+
+
+# ------------------------------------------------------------------------------------------- cloud build
+def test_cloudbuild_pipeline_shape() -> None:
+    yaml = pytest.importorskip("yaml")
+    build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text(encoding="utf-8"))
+    steps = {step["id"]: step for step in build["steps"]}
+    assert len(steps) == len(build["steps"]), "step ids must be unique"
+    for step_id, step in steps.items():
+        image = step["name"]
+        tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+        assert re.match(r"\d", tag) or "@sha256:" in image, f"{step_id}: unpinned builder image {image}"
+    # lint, type check, tests and fmt start in parallel; the archive waits for the checks.
+    for step_id in ("lint", "typecheck", "test", "tf-fmt"):
+        assert steps[step_id]["waitFor"] == ["-"], step_id
+    assert set(steps["bundle"]["waitFor"]) == {"lint", "typecheck", "test"}
+    assert "make test" in steps["test"]["args"][-1]
+    assert "sendit.bundle" in steps["bundle"]["args"][-1]
+    assert "-backend-config=bucket=${_TF_STATE_BUCKET}" in steps["tf-init"]["args"]
+    assert steps["tf-validate"]["args"][-1] == "validate"
+    assert set(steps["tf-plan"]["waitFor"]) == {"tf-validate", "bundle"}
+    apply = steps["tf-apply"]["args"][-1]
+    assert '[ "${_DEPLOY}" = "true" ]' in apply and "apply -input=false tfplan" in apply
+    assert build["substitutions"]["_DEPLOY"] == "false"
