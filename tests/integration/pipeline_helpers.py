@@ -1,0 +1,61 @@
+"""Helpers shared by the pipeline integration tests: upload, poll Firestore, list clean objects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sendit import state
+from sendit.deid.identity import keyed_digest
+
+
+def batch_of(settings: Any, folder: str) -> str:
+    return keyed_digest(settings.secret_key, f"{settings.staging_bucket}/{folder}", 16)
+
+
+def upload_tree(clients: Any, bucket: str, root: Path, prefix: str = "") -> list[str]:
+    """Upload every file under root as prefix + relative path (through the GCS emulator)."""
+    names = []
+    target = clients.storage.bucket(bucket)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = prefix + path.relative_to(root).as_posix()
+        target.blob(name).upload_from_filename(str(path))
+        names.append(name)
+    return names
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    """Poll until predicate() is truthy; fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def wait_batch(
+    clients: Any, batch: str, statuses: set[str], total: int, timeout: float = 60
+) -> dict[str, Any]:
+    """Wait until the batch has `total` terminal files and one of `statuses`."""
+
+    def done() -> dict[str, Any] | None:
+        doc = state.get_batch(clients.firestore, batch)
+        if not doc or doc.get("status") not in statuses:
+            return None
+        counts = doc.get("counts") or {}
+        return doc if counts.get("total") == total and counts.get("RECEIVED") == 0 else None
+
+    return wait_for(done, timeout, f"batch {batch} in {sorted(statuses)} with {total} files")
+
+
+def files_of(clients: Any, batch: str) -> list[dict[str, Any]]:
+    return list(state.iter_files(clients.firestore, batch))
+
+
+def clean_objects(clients: Any, bucket: str, batch: str) -> list[Any]:
+    return list(clients.storage.list_blobs(bucket, prefix=f"{batch}/"))
