@@ -382,15 +382,13 @@ def _size(fp: IO[bytes]) -> int | None:
 
 
 def _native_length(ds: Dataset) -> int | None:
+    """Bytes of native (uncompressed) pixel data the header promises (None if it cannot say)."""
+    from pydicom.pixels.utils import get_expected_length
+
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        return int(get_expected_length(ds, unit="bytes"))
     except Exception:
         return None
-    total_bits = rows * cols * samples * bits * frames
-    return (total_bits + 7) // 8
 
 
 def _guess_syntax(ds: Dataset) -> str:

@@ -527,7 +527,7 @@ class Plan:
         data = new.encode("ascii")
         if len(data) % 2:
             data += b"\x00" if vr == "UI" else b" "
-        ds._dict[tag] = raw._replace(value=data, length=len(data))
+        ds._dict[tag] = raw._replace(value=data, length=len(data), VR=vr)
         ctx.touched += 1
         return True
 

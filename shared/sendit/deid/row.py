@@ -79,7 +79,7 @@ def _raw_json(tag: int, raw: RawDataElement) -> dict[str, Any] | None:
     if value is None:
         return None
     if vr in _STRUCT:
-        size = struct.calcsize(_STRUCT[vr])
+        size = struct.calcsize("<" + _STRUCT[vr])
         if len(value) % size:
             return None
         fmt = ("<" if raw.is_little_endian else ">") + _STRUCT[vr] * (len(value) // size)
