@@ -5,6 +5,7 @@ from __future__ import annotations
 import functions_framework
 from cloudevents.http import CloudEvent
 from flask import Request, Response
+
 from sendit import runtime
 
 

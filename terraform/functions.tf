@@ -70,13 +70,17 @@ resource "google_cloudfunctions2_function" "functions" {
 
     environment_variables = local.function_env
 
-    secret_environment_variables {
-      key        = "SENDIT_SECRET_KEY"
-      project_id = var.project_id
-      secret     = google_secret_manager_secret.key.secret_id
-      # A pinned version: every instance of a revision uses the same key (pseudonyms stay consistent);
-      # rotation is a deliberate redeploy (see README).
-      version = local.secret_version
+    # Only the functions that derive pseudonyms (topology needs_key) get the key.
+    dynamic "secret_environment_variables" {
+      for_each = each.value.needs_key ? [local.secret_version] : []
+      content {
+        key        = "SENDIT_SECRET_KEY"
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.key.secret_id
+        # A pinned version: every instance of a revision uses the same key (pseudonyms stay consistent);
+        # rotation is a deliberate redeploy (see README).
+        version = secret_environment_variables.value
+      }
     }
   }
 

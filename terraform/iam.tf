@@ -123,9 +123,9 @@ resource "google_bigquery_table_iam_member" "functions" {
   member     = google_service_account.functions[each.value.function].member
 }
 
-# sendit.config.Settings requires the key in every function, so every runtime identity may read it.
+# Only the functions that derive pseudonyms (topology.json needs_key: anonymize, dead_letter) may read the key.
 resource "google_secret_manager_secret_iam_member" "functions" {
-  for_each = local.topology.functions
+  for_each = { for key, fn in local.topology.functions : key => fn if fn.needs_key }
 
   project   = var.project_id
   secret_id = google_secret_manager_secret.key.secret_id

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sendit import logs
 from sendit.clients import Clients
-from sendit.config import Settings
+from sendit.config import Settings, topology
 
 if TYPE_CHECKING:
     from flask import Request, Response
@@ -40,8 +40,8 @@ class Context:
         return self._engine
 
     @classmethod
-    def from_env(cls) -> Context:
-        settings = Settings.from_env()
+    def from_env(cls, *, require_key: bool = True) -> Context:
+        settings = Settings.from_env(require_key=require_key)
         return cls(settings=settings, clients=Clients(settings.project, settings.firestore_database))
 
 
@@ -49,42 +49,47 @@ _context: Context | None = None
 _context_lock = threading.Lock()
 
 
-def context() -> Context:
-    """The process-wide context (built from the environment on first use)."""
+def context(function: str) -> Context:
+    """The process-wide context, built from the environment on first use.
+
+    Only functions marked ``needs_key`` in topology.json require SENDIT_SECRET_KEY (Terraform gives the
+    key to those alone); in the others ``settings.secret_key`` is empty.
+    """
     global _context
     if _context is None:
         with _context_lock:
             if _context is None:
                 logs.setup()
-                _context = Context.from_env()
+                needs_key = bool(topology()["functions"][function].get("needs_key", True))
+                _context = Context.from_env(require_key=needs_key)
     return _context
 
 
 def anonymize(event_type: str, data: Any, event_id: str) -> None:
     from sendit import process
 
-    process.handle_event(context(), event_type, data, event_id)
+    process.handle_event(context("anonymize"), event_type, data, event_id)
 
 
 def deliver(event_type: str, data: Any, event_id: str) -> None:
     from sendit import deliver as delivery
 
-    delivery.handle_event(context(), event_type, data, event_id)
+    delivery.handle_event(context("deliver"), event_type, data, event_id)
 
 
 def dead_letter(event_type: str, data: Any, event_id: str) -> None:
     from sendit import process
 
-    process.handle_dead_letter(context(), event_type, data, event_id)
+    process.handle_dead_letter(context("dead_letter"), event_type, data, event_id)
 
 
 def send(request: Request) -> Response:
     from sendit import send_api
 
-    return send_api.handle(context(), request)
+    return send_api.handle(context("send"), request)
 
 
 def status(request: Request) -> Response:
     from sendit import status as status_api
 
-    return status_api.handle(context(), request)
+    return status_api.handle(context("status"), request)

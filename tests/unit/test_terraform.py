@@ -330,10 +330,17 @@ def test_every_required_setting_is_set_on_every_function() -> None:
     # The key comes from Secret Manager only, never as a plain environment variable.
     assert SECRET_ENV not in env
     assert SECRET_ENV not in locals_()["function_env"]
-    secret = first(service["secret_environment_variables"])
+    # ...only for the functions that derive pseudonyms (topology needs_key), pinned to one version.
+    dynamic = first(service["dynamic"])["secret_environment_variables"]
+    assert dynamic["for_each"] == "${each.value.needs_key ? [local.secret_version] : []}"
+    secret = first(dynamic["content"])
     assert secret["key"] == SECRET_ENV
     assert secret["secret"] == "${google_secret_manager_secret.key.secret_id}"
-    assert secret["version"] == "${local.secret_version}"
+    assert secret["version"] == "${secret_environment_variables.value}"
+    holders = {key for key, spec in TOPOLOGY["functions"].items() if spec["needs_key"]}
+    assert holders == {"anonymize", "dead_letter"}
+    accessor = resource("google_secret_manager_secret_iam_member", "functions")
+    assert "if fn.needs_key" in accessor["for_each"]
     # What the functions get passes Settings.from_env (shape of every value, e.g. project.dataset.table).
     rendered = {name: render(value) for name, value in env.items() if not name.startswith("__")}
     rendered[SECRET_ENV] = "k" * 48
@@ -343,9 +350,12 @@ def test_every_required_setting_is_set_on_every_function() -> None:
     assert settings.deliver_topic == TOPOLOGY["topics"]["deliver"]
     assert settings.max_attempts == TOPOLOGY["subscriptions"]["anonymize"]["max_delivery_attempts"]
     assert settings.identity_provider == "hmac" and settings.allowed_modalities == ("CT", "MR")
-    # ...and without the secret it would not start: the secret binding is load-bearing.
+    # ...and without the secret a key-holding function would not start: the binding is load-bearing;
+    # the others start without it.
+    without_key = {k: v for k, v in rendered.items() if k != SECRET_ENV}
     with pytest.raises(ConfigError, match=SECRET_ENV):
-        Settings.from_env({k: v for k, v in rendered.items() if k != SECRET_ENV})
+        Settings.from_env(without_key)
+    assert Settings.from_env(without_key, require_key=False).secret_key == b""
 
 
 def test_env_values_point_at_the_topology_resources() -> None:
