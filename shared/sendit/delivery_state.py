@@ -1,0 +1,391 @@
+"""Firestore writes of the send/deliver stage (the document contract is docs/state.md).
+
+The batch moves DONEPROCESSING -> SENDING (``request_send``, in a transaction so two sends never queue a
+batch twice) -> SENT (``finish_delivery``); files move ANONYMIZED -> SENT (``mark_files_sent``). A
+delivery holds a short lease on its batch so two copies of one message never deliver concurrently, and
+each delivery is identified by the ``delivery_id`` that ``send`` wrote, so a retried or duplicated message
+finds the work done before it. A message that exhausted its deliveries puts the batch back to
+DONEPROCESSING with ``has_error`` and a reason (``record_dead_letter``), ready to be sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from sendit.config import Settings
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
+
+FILE_STATES = ("RECEIVED", "ANONYMIZED", "SKIPPED", "FAILED", "SENT")
+MAX_ERRORS = 50  # errors kept on a batch document (docs/state.md)
+WRITE_BATCH = 400  # Firestore allows 500 writes per batch
+LEASE_SECONDS = 600  # longer than the deliver function's timeout (540 s)
+
+SendOutcome = Literal["queued", "not_ready", "already_sent", "in_progress", "unknown"]
+
+
+@dataclass(frozen=True)
+class SendDecision:
+    batch_id: str
+    outcome: SendOutcome
+    status: str | None = None
+    delivery_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Whether a deliver invocation may work on its batch now."""
+
+    granted: bool
+    reason: str  # "claimed" | "unknown" | "not_sending" | "stale" | "busy"
+    status: str | None = None
+    delivery_id: str | None = None
+    first_delivery: bool = True
+    requested_at: datetime | None = None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _filter(field: str, op: str, value: Any) -> Any:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter(field, op, value)
+
+
+def _batches(db: firestore.Client, settings: Settings) -> Any:
+    return db.collection(settings.batches_collection)
+
+
+def _files(db: firestore.Client, settings: Settings) -> Any:
+    return db.collection(settings.files_collection)
+
+
+# ------------------------------------------------------------------------------------------ send
+
+
+def ready_batch_ids(db: firestore.Client, settings: Settings) -> list[str]:
+    """Ids of every batch in DONEPROCESSING (what a send without a list queues)."""
+    query = _batches(db, settings).where(filter=_filter("status", "==", "DONEPROCESSING"))
+    return sorted(snap.id for snap in query.select([]).stream())
+
+
+def request_send(
+    db: firestore.Client, settings: Settings, batch_id: str, delivery_id: str, at: datetime | None = None
+) -> SendDecision:
+    """DONEPROCESSING -> SENDING in one transaction; anything else is reported as it is."""
+    from google.cloud import firestore as fs
+
+    ref = _batches(db, settings).document(batch_id)
+    when = at or now()
+
+    @fs.transactional
+    def attempt(tx: Any) -> SendDecision:
+        snap = ref.get(transaction=tx)
+        if not snap.exists:
+            return SendDecision(batch_id, "unknown")
+        status = str(snap.get("status") or "")
+        if status == "SENT":
+            return SendDecision(batch_id, "already_sent", status)
+        if status == "SENDING":
+            return SendDecision(batch_id, "in_progress", status, _get(snap, "delivery_id"))
+        if status != "DONEPROCESSING":
+            return SendDecision(batch_id, "not_ready", status)
+        tx.update(
+            ref,
+            {
+                "status": "SENDING",
+                "delivery_id": delivery_id,
+                "send_requested_at": when,
+                "updated_at": fs.SERVER_TIMESTAMP,
+            },
+        )
+        return SendDecision(batch_id, "queued", "SENDING", delivery_id)
+
+    result: SendDecision = attempt(db.transaction())
+    return result
+
+
+def revert_send(db: firestore.Client, settings: Settings, batch_id: str, delivery_id: str) -> bool:
+    """Undo ``request_send`` when its message could not be published (only if nothing moved since)."""
+    from google.cloud import firestore as fs
+
+    ref = _batches(db, settings).document(batch_id)
+
+    @fs.transactional
+    def attempt(tx: Any) -> bool:
+        snap = ref.get(transaction=tx)
+        if not snap.exists or snap.get("status") != "SENDING" or _get(snap, "delivery_id") != delivery_id:
+            return False
+        tx.update(ref, {"status": "DONEPROCESSING", "updated_at": fs.SERVER_TIMESTAMP})
+        return True
+
+    reverted: bool = attempt(db.transaction())
+    return reverted
+
+
+# ------------------------------------------------------------------------------------------ deliver
+
+
+def claim_delivery(
+    db: firestore.Client,
+    settings: Settings,
+    batch_id: str,
+    delivery_id: str | None,
+    owner: str,
+    lease_seconds: int = LEASE_SECONDS,
+) -> Claim:
+    """Take the batch's delivery lease if the batch is SENDING for this delivery and nobody holds it."""
+    from google.cloud import firestore as fs
+
+    ref = _batches(db, settings).document(batch_id)
+
+    @fs.transactional
+    def attempt(tx: Any) -> Claim:
+        snap = ref.get(transaction=tx)
+        if not snap.exists:
+            return Claim(False, "unknown")
+        status = str(snap.get("status") or "")
+        current = _get(snap, "delivery_id")
+        if status != "SENDING":
+            return Claim(False, "not_sending", status, current)
+        if delivery_id and current and delivery_id != current:
+            return Claim(False, "stale", status, current)
+        lease = _get(snap, "deliver_lease") or {}
+        until = lease.get("until")
+        if lease.get("owner") not in (None, owner) and until is not None and until > now():
+            return Claim(False, "busy", status, current)
+        tx.update(
+            ref,
+            {
+                "deliver_lease": {"owner": owner, "until": now() + timedelta(seconds=lease_seconds)},
+                "updated_at": fs.SERVER_TIMESTAMP,
+            },
+        )
+        return Claim(
+            True,
+            "claimed",
+            status,
+            current or delivery_id,
+            first_delivery=not [
+                d
+                for d in (_get(snap, "deliveries") or [])
+                if d.get("delivery_id") != (current or delivery_id)
+            ],
+            requested_at=_get(snap, "send_requested_at"),
+        )
+
+    claim: Claim = attempt(db.transaction())
+    return claim
+
+
+def release_delivery(db: firestore.Client, settings: Settings, batch_id: str, owner: str) -> None:
+    """Give the lease back (after a failure, so the redelivered message can proceed at once)."""
+    from google.cloud import firestore as fs
+
+    ref = _batches(db, settings).document(batch_id)
+
+    @fs.transactional
+    def attempt(tx: Any) -> None:
+        snap = ref.get(transaction=tx)
+        if snap.exists and (_get(snap, "deliver_lease") or {}).get("owner") == owner:
+            tx.update(ref, {"deliver_lease": fs.DELETE_FIELD})
+
+    attempt(db.transaction())
+
+
+def pending_files(db: firestore.Client, settings: Settings, batch_id: str) -> list[dict[str, Any]]:
+    """The batch's ANONYMIZED files (de-identified, not yet delivered), each with its ``key``."""
+    query = (
+        _files(db, settings)
+        .where(filter=_filter("batch_id", "==", batch_id))
+        .where(filter=_filter("state", "==", "ANONYMIZED"))
+    )
+    return [dict(snap.to_dict() or {}, key=snap.id) for snap in query.stream()]
+
+
+def delivered_files(
+    db: firestore.Client, settings: Settings, batch_id: str, delivery_id: str
+) -> list[dict[str, Any]]:
+    """The files one delivery marked SENT (to compute its record, also after a retry)."""
+    query = (
+        _files(db, settings)
+        .where(filter=_filter("batch_id", "==", batch_id))
+        .where(filter=_filter("delivery_id", "==", delivery_id))
+    )
+    fields = [
+        "state",
+        "ids",
+        "sent_uri",
+        "sent_md5",
+        "sent_size",
+        "clean_uri",
+        "clean_size",
+        "bucket",
+        "object",
+        "generation",
+    ]
+    return [dict(snap.to_dict() or {}, key=snap.id) for snap in query.select(fields).stream()]
+
+
+@dataclass(frozen=True)
+class SentFile:
+    """Where one file went: the destination object (or study archive), its MD5 and size."""
+
+    key: str
+    uri: str
+    md5: str | None
+    size: int | None
+
+
+def mark_files_sent(
+    db: firestore.Client,
+    settings: Settings,
+    sent: Iterable[SentFile],
+    delivery_id: str,
+    at: datetime,
+) -> int:
+    """Files ANONYMIZED -> SENT with their destination. Returns the number written."""
+    from google.cloud import firestore as fs
+
+    col = _files(db, settings)
+    count = 0
+    writer = db.batch()
+    pending = 0
+    for item in sent:
+        writer.update(
+            col.document(item.key),
+            {
+                "state": "SENT",
+                "sent_uri": item.uri,
+                "sent_md5": item.md5,
+                "sent_size": item.size,
+                "sent_at": at,
+                "delivery_id": delivery_id,
+                "updated_at": fs.SERVER_TIMESTAMP,
+            },
+        )
+        pending += 1
+        count += 1
+        if pending >= WRITE_BATCH:
+            writer.commit()
+            writer, pending = db.batch(), 0
+    if pending:
+        writer.commit()
+    return count
+
+
+def mark_file_failed(db: firestore.Client, settings: Settings, key: str, reason: str) -> None:
+    """A file that cannot be delivered (its clean object is gone): FAILED with the reason."""
+    from google.cloud import firestore as fs
+
+    _files(db, settings).document(key).update(
+        {"state": "FAILED", "reason": reason, "updated_at": fs.SERVER_TIMESTAMP}
+    )
+
+
+def file_counts(db: firestore.Client, settings: Settings, batch_id: str) -> dict[str, int]:
+    """``{RECEIVED, ANONYMIZED, SKIPPED, FAILED, SENT, total}`` from aggregation queries."""
+    base = _files(db, settings).where(filter=_filter("batch_id", "==", batch_id))
+    counts: dict[str, int] = {}
+    for state in FILE_STATES:
+        result = base.where(filter=_filter("state", "==", state)).count(alias="n").get()
+        counts[state] = int(result[0][0].value) if result and result[0] else 0
+    counts["total"] = sum(counts[s] for s in FILE_STATES)
+    return counts
+
+
+def finish_delivery(
+    db: firestore.Client,
+    settings: Settings,
+    batch_id: str,
+    delivery_id: str,
+    owner: str,
+    record: Mapping[str, Any],
+    counts: Mapping[str, int] | None,
+    errors: Iterable[Mapping[str, str]] = (),
+) -> str:
+    """Append the delivery record, SENDING -> SENT, release the lease. Returns the batch status after.
+
+    The record is appended once per delivery id (a retry that finds it already there changes nothing).
+    A batch that left SENDING meanwhile (a late file reopened it) keeps its status.
+    """
+    from google.cloud import firestore as fs
+
+    ref = _batches(db, settings).document(batch_id)
+    new_errors = [dict(e) for e in errors]
+
+    @fs.transactional
+    def attempt(tx: Any) -> str:
+        snap = ref.get(transaction=tx)
+        if not snap.exists:
+            return "unknown"
+        status = str(snap.get("status") or "")
+        deliveries = list(_get(snap, "deliveries") or [])
+        update: dict[str, Any] = {"updated_at": fs.SERVER_TIMESTAMP}
+        if (_get(snap, "deliver_lease") or {}).get("owner") == owner:
+            update["deliver_lease"] = fs.DELETE_FIELD
+        if not any(d.get("delivery_id") == delivery_id for d in deliveries):
+            deliveries.append(dict(record))
+            update["deliveries"] = deliveries
+            update["sent_at"] = record.get("at")
+            if record.get("send_seconds") is not None:
+                update["send_seconds"] = record["send_seconds"]
+        if counts is not None:
+            update["counts"] = dict(counts)
+        if new_errors:
+            merged = list(_get(snap, "errors") or []) + new_errors
+            update["errors"] = merged[-MAX_ERRORS:]
+            update["has_error"] = True
+        if status == "SENDING" and _get(snap, "delivery_id") in (None, delivery_id):
+            update["status"] = "SENT"
+            status = "SENT"
+        tx.update(ref, update)
+        return status
+
+    result: str = attempt(db.transaction())
+    return result
+
+
+def record_dead_letter(db: firestore.Client, settings: Settings, batch_id: str, attempts: int | None) -> bool:
+    """A deliver message that exhausted its attempts: SENDING -> DONEPROCESSING, ``has_error`` and a reason.
+
+    Returns False (nothing changed) when the batch is not SENDING, e.g. a duplicate already delivered it.
+    """
+    from google.cloud import firestore as fs
+
+    ref = _batches(db, settings).document(batch_id)
+    tried = f" after {attempts} attempts" if attempts else ""
+    reason = f"delivery failed{tried}; the batch can be sent again"
+
+    @fs.transactional
+    def attempt(tx: Any) -> bool:
+        snap = ref.get(transaction=tx)
+        if not snap.exists or snap.get("status") != "SENDING":
+            return False
+        errors = [*list(_get(snap, "errors") or []), {"file": "", "reason": reason}]
+        tx.update(
+            ref,
+            {
+                "status": "DONEPROCESSING",
+                "has_error": True,
+                "errors": errors[-MAX_ERRORS:],
+                "last_delivery_error": reason,
+                "deliver_lease": fs.DELETE_FIELD,
+                "updated_at": fs.SERVER_TIMESTAMP,
+            },
+        )
+        return True
+
+    changed: bool = attempt(db.transaction())
+    return changed
+
+
+def _get(snap: Any, field: str) -> Any:
+    data = snap.to_dict() or {}
+    return data.get(field)

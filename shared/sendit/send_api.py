@@ -1,0 +1,160 @@
+"""The `send` HTTP function: queue ready batches for delivery and answer at once.
+
+``POST`` with an optional JSON body ``{"batches": ["<batch id>", ...]}``; without a body (or without
+``batches``) every DONEPROCESSING batch is queued. Each named batch is moved DONEPROCESSING -> SENDING
+in a Firestore transaction (two concurrent sends never queue a batch twice) and one message
+``{"batch_id", "delivery_id"}`` is published to the deliver topic; the `deliver` function does the work.
+
+Answers (JSON):
+- 202 ``{"queued": [...], "not_ready": [{"id", "status"}], "already_sent": [...], "in_progress": [...],
+  "unknown": [...]}`` when at least one batch was queued, 200 with the same shape when none was;
+- 400 malformed JSON or body, 404 when every named batch is unknown, 405 wrong method, 413 body too
+  large, 503 when no message could be published (the batches are put back to DONEPROCESSING).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sendit import delivery_state as ds
+from sendit import logs
+
+if TYPE_CHECKING:
+    from flask import Request, Response
+
+    from sendit.runtime import Context
+
+log = logs.get("sendit.send")
+
+MAX_BODY = 64 * 1024
+MAX_BATCHES = 1000
+BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+PUBLISH_TIMEOUT = 30.0
+
+
+class BadRequest(ValueError):
+    """A client error: the message is safe to return (it never quotes the request body)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    from flask import Response
+
+    response = Response(
+        json.dumps(body, default=str, separators=(",", ":")) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def error(status: int, message: str, **extra: Any) -> Response:
+    headers = {"Allow": "POST"} if status == 405 else None
+    return json_response({"error": message, "status": status, **extra}, status, headers)
+
+
+def parse_body(raw: bytes) -> list[str] | None:
+    """The batch ids the body names, or None for "every ready batch". Raises BadRequest."""
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body larger than {MAX_BODY} bytes", 413)
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest(
+            'malformed JSON body: expected {"batches": ["<batch id>", ...]} or no body'
+        ) from None
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be a JSON object: {"batches": ["<batch id>", ...]}')
+    unknown_fields = sorted(set(body) - {"batches"})
+    if unknown_fields:
+        raise BadRequest("unknown field(s) in the body; only 'batches' is accepted")
+    batches = body.get("batches")
+    if batches is None:
+        return None
+    if not isinstance(batches, list) or not all(isinstance(b, str) for b in batches):
+        raise BadRequest("'batches' must be a list of batch id strings")
+    if not batches:
+        raise BadRequest("'batches' is empty: name at least one batch, or send no body for every ready batch")
+    if len(batches) > MAX_BATCHES:
+        raise BadRequest(f"at most {MAX_BATCHES} batches per request")
+    if not all(BATCH_ID.match(b) for b in batches):
+        raise BadRequest("a batch id may only contain letters, digits, '-' and '_' (at most 128)")
+    return list(dict.fromkeys(batches))
+
+
+def handle(ctx: Context, request: Request) -> Response:
+    """The HTTP entry (see the module doc)."""
+    if request.method != "POST":
+        return error(405, f"method {request.method} not allowed: use POST")
+    try:
+        named = parse_body(request.get_data(cache=False))
+    except BadRequest as exc:
+        return error(exc.status, str(exc))
+    return send(ctx, named)
+
+
+def send(ctx: Context, named: list[str] | None) -> Response:
+    settings, clients = ctx.settings, ctx.clients
+    db = clients.firestore
+    batch_ids = named if named is not None else ds.ready_batch_ids(db, settings)
+    result: dict[str, list[Any]] = {
+        "queued": [],
+        "not_ready": [],
+        "already_sent": [],
+        "in_progress": [],
+        "unknown": [],
+    }
+    pending: list[tuple[ds.SendDecision, Any]] = []
+    topic = clients.topic_path(settings.deliver_topic)
+    for batch_id in batch_ids:
+        decision = ds.request_send(db, settings, batch_id, uuid.uuid4().hex)
+        if decision.outcome == "queued":
+            data = json.dumps({"batch_id": batch_id, "delivery_id": decision.delivery_id}).encode()
+            future = clients.publisher.publish(topic, data, kind="deliver", batch_id=batch_id)
+            pending.append((decision, future))
+        elif decision.outcome == "not_ready":
+            result["not_ready"].append({"id": batch_id, "status": decision.status})
+        else:
+            result[decision.outcome].append(batch_id)
+
+    failed: list[str] = []
+    for decision, future in pending:
+        try:
+            future.result(timeout=PUBLISH_TIMEOUT)
+            result["queued"].append(decision.batch_id)
+        except Exception as exc:  # any publish failure: undo the transition so a later send can retry
+            log.error(
+                "send: publish failed, batch put back",
+                extra={"batch_id": decision.batch_id, "error": type(exc).__name__},
+            )
+            ds.revert_send(db, settings, decision.batch_id, str(decision.delivery_id))
+            failed.append(decision.batch_id)
+
+    log.info(
+        "send: request handled",
+        extra={
+            "named": named is not None,
+            **{key: len(value) for key, value in result.items()},
+            "publish_failed": len(failed),
+        },
+    )
+    if failed and not result["queued"]:
+        return error(503, "could not queue the batches for delivery; try again", not_queued=failed)
+    if named is not None and len(result["unknown"]) == len(batch_ids):
+        return error(404, "unknown batch" + ("es" if len(batch_ids) > 1 else ""), unknown=result["unknown"])
+    if failed:
+        result["not_queued"] = failed
+    return json_response(result, 202 if result["queued"] else 200)
