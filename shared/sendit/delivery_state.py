@@ -290,14 +290,11 @@ def mark_file_failed(db: firestore.Client, settings: Settings, key: str, reason:
 
 
 def file_counts(db: firestore.Client, settings: Settings, batch_id: str) -> dict[str, int]:
-    """``{RECEIVED, ANONYMIZED, SKIPPED, FAILED, SENT, total}`` from aggregation queries."""
-    base = _files(db, settings).where(filter=_filter("batch_id", "==", batch_id))
-    counts: dict[str, int] = {}
-    for state in FILE_STATES:
-        result = base.where(filter=_filter("state", "==", state)).count(alias="n").get()
-        counts[state] = int(result[0][0].value) if result and result[0] else 0
-    counts["total"] = sum(counts[s] for s in FILE_STATES)
-    return counts
+    """``{RECEIVED, ANONYMIZED, SKIPPED, FAILED, SENT, total}`` from aggregation queries (``state``)."""
+    from sendit import state
+
+    store = state.Store(db, settings.batches_collection, settings.files_collection)
+    return state.batch_counts(store, batch_id)
 
 
 def finish_delivery(

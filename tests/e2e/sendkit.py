@@ -60,8 +60,8 @@ def seed_batch(
     processing = clients.storage.bucket(settings.processing_bucket)
     now = datetime.now(UTC)
     size_total = 0
-    for spec in studies:
-        for path in write_study(root, spec, folder=folder):
+    for index, spec in enumerate(studies):
+        for path in write_study(root / folder, spec, folder=f"study_{index}_{uuid.uuid4().hex[:6]}"):
             rel = path.relative_to(root).as_posix()
             generation = str(int(time.time() * 1e6))
             key = hashlib.sha256(f"{settings.staging_bucket}/{rel}#{generation}".encode()).hexdigest()[:32]
