@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING, Any
 
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
@@ -112,6 +112,7 @@ class Engine:
         self.functions = dict(functions or {})
         self.defer_size = defer_size
         self.method = f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}; sha256:{self.recipe.sha256}"
+        self._provenance_cache: dict[tuple[bool, bool, bool], tuple[RawDataElement, ...]] = {}
         # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, hash
         self.method_values = [
             f"sendit {SOFTWARE_VERSION}"[:64],
@@ -328,19 +329,25 @@ class Engine:
         ds.file_meta = meta
         ds.preamble = b"\0" * 128
 
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self.method_values
-        codes = list(self.recipe.codes) + (["113101"] if cleaned else [])
-        if codes:
-            items = []
-            for code in codes:
-                item = Dataset()
-                item.CodeValue = code
-                item.CodingSchemeDesignator = "DCM"
-                item.CodeMeaning = CODE_MEANINGS.get(code, "De-identification method")
-                items.append(item)
-            ds.DeidentificationMethodCodeSequence = Sequence(items)
-        ds.LongitudinalTemporalInformationModified = self.recipe.temporal
+        little = ds.original_encoding[1] is not False
+        implicit = bool(ds.original_encoding[0])
+        for element in self._provenance(implicit, little, cleaned):
+            ds._dict[element.tag] = element
+
+    def _provenance(self, implicit: bool, little: bool, cleaned: bool) -> tuple[RawDataElement, ...]:
+        """The provenance elements, encoded once per dataset encoding (they are the same for every file)."""
+        key = (implicit, little, cleaned)
+        found = self._provenance_cache.get(key)
+        if found is None:
+            found = _encode_provenance(
+                self.method_values,
+                list(self.recipe.codes) + (["113101"] if cleaned else []),
+                self.recipe.temporal,
+                implicit,
+                little,
+            )
+            self._provenance_cache[key] = found
+        return found
 
     def _write(self, ds: Dataset, dst: IO[bytes]) -> int:
         start = dst.tell() if dst.seekable() else None
@@ -383,12 +390,50 @@ def _size(fp: IO[bytes]) -> int | None:
 
 def _native_length(ds: Dataset) -> int | None:
     """Bytes of native (uncompressed) pixel data the header promises (None if it cannot say)."""
-    from pydicom.pixels.utils import get_expected_length
-
     try:
-        return int(get_expected_length(ds, unit="bytes"))
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(text_value(ds, 0x00280008) or 1)
     except Exception:
         return None
+    if samples > 1 and str(ds.get("PhotometricInterpretation", "")).endswith("_422"):
+        from pydicom.pixels.utils import get_expected_length  # subsampled: let pydicom count
+
+        return int(get_expected_length(ds, unit="bytes"))
+    return (rows * cols * samples * bits * frames + 7) // 8
+
+
+def _encode_provenance(
+    method: list[str], codes: list[str], temporal: str, implicit: bool, little: bool
+) -> tuple[RawDataElement, ...]:
+    """PatientIdentityRemoved, DeidentificationMethod(+CodeSequence), LongitudinalTemporalInformationModified
+    as raw elements in the given encoding: written as bytes, no per-file element construction."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    ds = Dataset()
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = method
+    if codes:
+        items = []
+        for code in codes:
+            item = Dataset()
+            item.CodeValue = code
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = CODE_MEANINGS.get(code, "De-identification method")
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+    ds.LongitudinalTemporalInformationModified = temporal
+    out: list[RawDataElement] = []
+    for element in ds:
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = little, implicit
+        write_data_element(buffer, element)
+        data = buffer.getvalue()
+        header = 8 if implicit or element.VR not in ("SQ", "OB", "OW", "UN", "UT", "UC", "UR") else 12
+        value = data[header:]
+        out.append(RawDataElement(element.tag, element.VR, len(value), value, 0, implicit, little, True))
+    return tuple(out)
 
 
 def _guess_syntax(ds: Dataset) -> str:

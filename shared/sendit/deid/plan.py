@@ -376,6 +376,12 @@ class Plan:
         self.remove_private = remove_private
         self.remap_uids = remap_uids
         self._header = tuple(a for a in self.actions if a.kind != "ADD")
+        # exact field names are looked up in a dict; only expanders are evaluated one by one
+        self._exact: dict[str, list[Action]] = {}
+        for action in self._header:
+            if isinstance(action.matcher, MatchExact):
+                self._exact.setdefault(action.matcher.key, []).append(action)
+        self._expanders = tuple(a for a in self._header if not isinstance(a.matcher, MatchExact))
         self._adds: dict[int, list[Action]] = {}
         for action in self.actions:
             if action.kind == "ADD" and action.add_tag is not None:
@@ -401,7 +407,9 @@ class Plan:
         adds = tuple(self._adds.get(tag, ())) if parent is None else ()
         if shape.keyword in PROTECTED_KEYWORDS:
             return Decision(adds, True, False, False, False)
-        matched = [a for a in self._header if a.matcher is not None and a.matcher.matches(shape)]
+        hits = {a.index: a for name in shape.exact_names() for a in self._exact.get(name, ())}
+        hits.update((a.index, a) for a in self._expanders if a.matcher and a.matcher.matches(shape))
+        matched = [hits[index] for index in sorted(hits)]
         keep = any(a.kind == "KEEP" for a in matched)
         if keep:
             steps = adds

@@ -107,6 +107,18 @@ def _raw_json(tag: int, raw: RawDataElement) -> dict[str, Any] | None:
     return {"vr": vr, "Value": [p or None for p in parts]}
 
 
+_KEYS: dict[int, str] = {}
+
+
+def _key(tag: int) -> str:
+    key = _KEYS.get(tag)
+    if key is None:
+        key = f"{tag:08X}"
+        if len(_KEYS) < 100_000:
+            _KEYS[tag] = key
+    return key
+
+
 def header_json(ds: Dataset) -> dict[str, Any]:
     """The DICOM JSON model (PS3.18 F) of ``ds`` without pixel data and bulk binary values.
 
@@ -124,18 +136,18 @@ def header_json(ds: Dataset) -> dict[str, Any]:
         if isinstance(raw, RawDataElement):
             fast = _raw_json(tag, raw)
             if fast is not None:
-                out[f"{tag:08X}"] = fast
+                out[_key(tag)] = fast
                 continue
         element = ds[tag]
         if element.VR == "SQ":
-            out[f"{tag:08X}"] = {"vr": "SQ", "Value": [header_json(item) for item in element.value]}
+            out[_key(tag)] = {"vr": "SQ", "Value": [header_json(item) for item in element.value]}
             continue
         if element.VR in BINARY_VRS and element.value is not None and len(element.value) >= BULK_THRESHOLD:
             continue
         try:
-            out[f"{tag:08X}"] = element.to_json_dict(None, BULK_THRESHOLD)
+            out[_key(tag)] = element.to_json_dict(None, BULK_THRESHOLD)
         except Exception:
-            out[f"{tag:08X}"] = {"vr": element.VR}  # a value JSON cannot carry: keep the attribute only
+            out[_key(tag)] = {"vr": element.VR}  # a value JSON cannot carry: keep the attribute only
     return out
 
 

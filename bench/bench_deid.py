@@ -1,0 +1,279 @@
+"""Benchmark of the de-identification engine against a plain pydicom read+write of the same files.
+
+Generates (in a temporary folder) a 200-file CT series (512x512 int16, a realistic header with nested
+sequences and private blocks) and 20 DX files of about 8 MB, then times, interleaved file by file in the
+same run, ``dcmread`` + ``dcmwrite`` against ``Engine.process`` and prints median ratios. Also: deid's own
+``replace_identifiers`` on a sample for reference, memory after 50 vs 500 files, and the cold import time
+of ``sendit.deid.engine``. Not a test: it prints figures (quote ratios, not single timings).
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+KEY = b"benchmark-secret-key-0123456789"
+
+
+def _header(ds, index: int, study: str, series: str, frame: str) -> None:  # type: ignore[no-untyped-def]
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.InstanceCreationDate, ds.InstanceCreationTime = "20240102", "101010"
+    ds.SOPClassUID = CTImageStorage
+    for keyword, value in {
+        "StudyDate": "20240102",
+        "SeriesDate": "20240102",
+        "AcquisitionDate": "20240102",
+        "ContentDate": "20240102",
+        "StudyTime": "100000",
+        "SeriesTime": "100500",
+        "AcquisitionTime": "100501",
+        "ContentTime": "100502",
+        "AccessionNumber": "A12345678",
+        "Modality": "CT",
+        "Manufacturer": "ACME",
+        "InstitutionName": "General Hospital",
+        "InstitutionAddress": "1 Main St",
+        "ReferringPhysicianName": "Doe^Jane",
+        "StationName": "CT01",
+        "StudyDescription": "CT CHEST W/O",
+        "SeriesDescription": "AXIAL 1.0 B30f",
+        "InstitutionalDepartmentName": "Radiology",
+        "OperatorsName": "Tech^One",
+        "ManufacturerModelName": "Scanner X",
+        "PatientName": "Roe^Richard",
+        "PatientID": "MRN0012345",
+        "PatientBirthDate": "19500101",
+        "PatientSex": "M",
+        "PatientAge": "074Y",
+        "PatientWeight": "80",
+        "PatientSize": "1.75",
+        "BodyPartExamined": "CHEST",
+        "SliceThickness": "1.0",
+        "KVP": "120",
+        "DataCollectionDiameter": "500",
+        "DeviceSerialNumber": "SN-123",
+        "SoftwareVersions": "VA1",
+        "ProtocolName": "Chest routine",
+        "ReconstructionDiameter": "350",
+        "DistanceSourceToDetector": "1085.6",
+        "DistanceSourceToPatient": "595",
+        "GantryDetectorTilt": "0",
+        "TableHeight": "160",
+        "RotationDirection": "CW",
+        "ExposureTime": "500",
+        "XRayTubeCurrent": "200",
+        "Exposure": "100",
+        "FilterType": "FLAT",
+        "GeneratorPower": "24",
+        "FocalSpots": "1.2",
+        "ConvolutionKernel": "B30f",
+        "PatientPosition": "FFS",
+        "StudyID": "1",
+        "SeriesNumber": "2",
+        "AcquisitionNumber": "1",
+        "InstanceNumber": str(index + 1),
+        "PositionReferenceIndicator": "",
+        "SliceLocation": str(-index * 1.0),
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "Rows": 512,
+        "Columns": 512,
+        "PixelSpacing": ["0.68", "0.68"],
+        "BitsAllocated": 16,
+        "BitsStored": 12,
+        "HighBit": 11,
+        "PixelRepresentation": 1,
+        "WindowCenter": "40",
+        "WindowWidth": "400",
+        "RescaleIntercept": "-1024",
+        "RescaleSlope": "1",
+        "RescaleType": "HU",
+        "RequestedProcedureDescription": "CT CHEST",
+        "PerformedProcedureStepStartDate": "20240102",
+        "PerformedProcedureStepStartTime": "100000",
+        "PerformedProcedureStepID": "PPS1",
+        "PerformedProcedureStepDescription": "CT CHEST",
+    }.items():
+        setattr(ds, keyword, value)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+    ds.ImagePositionPatient = ["-175", "-175", str(-index * 1.0)]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = CTImageStorage
+    ref.ReferencedSOPInstanceUID = generate_uid(entropy_srcs=[study, "scout"])
+    ds.ReferencedImageSequence = Sequence([ref])
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "CTCHEST", "L", "CT Chest"
+    ds.ProcedureCodeSequence = Sequence([code])
+    request = Dataset()
+    request.RequestedProcedureID, request.ScheduledProcedureStepID = "RP1", "SPS1"
+    request.ScheduledProtocolCodeSequence = Sequence([code.copy()])
+    ds.RequestAttributesSequence = Sequence([request])
+    for group, creator in (
+        (0x0019, "SIEMENS CT VA1 FULL"),
+        (0x0021, "SIEMENS MED"),
+        (0x0029, "SIEMENS CSA HEADER"),
+    ):
+        block = ds.private_block(group, creator, create=True)
+        for offset in range(1, 13):
+            block.add_new(offset, "LO", f"private value {offset} Roe^Richard")
+        block.add_new(0x20, "OB", bytes(range(256)) * 8)
+
+
+def make_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        CTImageStorage,
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
+
+    rng = np.random.default_rng(7)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    ct: list[Path] = []
+    for index in range(200):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        _header(ds, index, study, series, frame)
+        ds.PixelData = rng.integers(-1024, 2000, size=(512, 512), dtype=np.int16).tobytes()
+        path = folder / f"ct_{index:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        ct.append(path)
+    dx: list[Path] = []
+    for index in range(20):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        _header(ds, index, generate_uid(), generate_uid(), generate_uid())
+        ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+        ds.Modality, ds.Rows, ds.Columns = "DX", 2048, 2048
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 14, 13, 0
+        ds.PixelData = rng.integers(0, 16000, size=(2048, 2048), dtype=np.uint16).tobytes()
+        path = folder / f"dx_{index:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        dx.append(path)
+    return ct, dx
+
+
+def side_by_side(
+    files: list[Path], rounds: int, plain: Callable[[Path], None], engine: Callable[[Path], None]
+) -> tuple[float, float]:
+    """Interleaved per file: medians of plain and engine (seconds)."""
+    plain_times: list[float] = []
+    engine_times: list[float] = []
+    for _ in range(rounds):
+        for path in files:
+            start = time.perf_counter()
+            plain(path)
+            plain_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            engine(path)
+            engine_times.append(time.perf_counter() - start)
+    return statistics.median(plain_times), statistics.median(engine_times)
+
+
+def import_time() -> float:
+    code = "import time; t = time.perf_counter(); import sendit.deid.engine; print(time.perf_counter() - t)"
+    runs = [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        for _ in range(3)
+    ]
+    return statistics.median(runs)
+
+
+def main() -> int:
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("MESSAGELEVEL", "QUIET")
+    from pydicom import dcmread
+    from pydicom.filewriter import dcmwrite
+
+    from sendit.deid.engine import Engine
+
+    engine = Engine(secret_key=KEY, allowed_modalities=("CT", "MR", "DX"))
+
+    def plain(path: Path) -> None:
+        ds = dcmread(path)
+        dcmwrite(io.BytesIO(), ds, enforce_file_format=True)
+
+    def anonymize(path: Path) -> None:
+        outcome = engine.process(str(path), io.BytesIO())
+        if outcome.state != "ANONYMIZED":
+            raise RuntimeError(outcome.reason)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        ct, dx = make_files(Path(tmp))
+        print(f"generated {len(ct)} CT + {len(dx)} DX files in {time.perf_counter() - started:.1f}s")
+
+        for path in ct[:5]:
+            plain(path)
+            anonymize(path)
+        p, e = side_by_side(ct, 2, plain, anonymize)
+        print(
+            f"CT 512x512 x200  plain {p * 1e3:7.2f} ms  engine {e * 1e3:7.2f} ms"
+            f"  ratio {e / p:5.2f}x  (target <= 1.3x)"
+        )
+        p, e = side_by_side(dx, 2, plain, anonymize)
+        print(
+            f"DX 8 MB x20      plain {p * 1e3:7.2f} ms  engine {e * 1e3:7.2f} ms"
+            f"  ratio {e / p:5.2f}x  (target <= 1.1x)"
+        )
+
+        from deid.config import DeidRecipe
+        from deid.dicom import replace_identifiers
+
+        recipe = DeidRecipe()  # deid's default recipe, as deid users run it
+
+        def with_deid(path: Path) -> None:
+            ds = dcmread(path)
+            replace_identifiers([ds], deid=recipe, remove_private=True)
+            dcmwrite(io.BytesIO(), ds)  # deid's default recipe removes the file meta UIDs
+
+        p, d = side_by_side(ct[:20], 1, plain, with_deid)
+        print(f"deid replace_identifiers (reference, 20 CT)  ratio {d / p:5.2f}x")
+
+        gc.collect()
+        tracemalloc.start()
+        for path in (ct * 3)[:50]:
+            anonymize(path)
+        gc.collect()
+        at_50, peak_50 = tracemalloc.get_traced_memory()
+        for path in (ct * 3)[50:500]:
+            anonymize(path)
+        gc.collect()
+        at_500, peak_500 = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(
+            f"memory (tracemalloc) after 50 files: {at_50 / 2**20:6.2f} MiB (peak {peak_50 / 2**20:6.2f});"
+            f" after 500: {at_500 / 2**20:6.2f} MiB (peak {peak_500 / 2**20:6.2f})"
+        )
+    print(
+        f"import sendit.deid.engine (cold, subprocess, median of 3): {import_time():.3f} s  (target < 0.5 s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
