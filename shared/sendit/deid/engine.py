@@ -143,7 +143,11 @@ class Engine:
     # ----------------------------------------------------------------------------------------------
 
     def process(self, src: str | os.PathLike[str] | IO[bytes], dst: IO[bytes]) -> Outcome:
-        """De-identify ``src`` into ``dst``. Never raises for bad input."""
+        """De-identify ``src`` into ``dst``. Never raises for bad input.
+
+        Raises ``IdentityError`` only when the identity provider is unavailable (a transient condition
+        the caller should retry); every problem with the file itself becomes SKIPPED or FAILED.
+        """
         opened: IO[bytes] | None = None
         try:
             if isinstance(src, (str, os.PathLike)):
@@ -157,8 +161,8 @@ class Engine:
             return self._process(fp, dst)
         except Rejected as rejected:
             return Outcome(rejected.state, reason=rejected.reason)  # type: ignore[arg-type]
-        except IdentityError as exc:
-            return Outcome("FAILED", reason=str(exc))
+        except IdentityError:
+            raise  # transient (the broker is down): the caller retries, the file is not FAILED
         except Exception as exc:  # never crash the caller on one bad file; the reason names no value
             log.warning("de-identification failed: %s", type(exc).__name__)
             return Outcome("FAILED", reason=f"unexpected error ({type(exc).__name__})")
@@ -185,7 +189,6 @@ class Engine:
             },
             uid=self.identity.uid,
             functions=self.functions,
-            date_shift=ident.date_shift,
         )
         if cleaning:
             from sendit.deid.pixels import clean_pixels

@@ -214,8 +214,6 @@ class Context:
     variables: Mapping[str, Any]
     uid: Callable[[str], str]
     functions: Mapping[str, Callable[[DataElement, Context], Any]] = field(default_factory=dict)
-    date_shift: int | None = None
-    touched: int = 0
 
 
 @dataclass(frozen=True)
@@ -464,7 +462,6 @@ class Plan:
             if decision.remap_uid:
                 if element.value:
                     element.value = remap_uid_value(element.value, ctx.uid)
-                    ctx.touched += 1
                 continue
             present = self._fold(ds, element, decision, ctx)
             if present and element.VR == "SQ" and not decision.keep:
@@ -536,7 +533,6 @@ class Plan:
         if len(data) % 2:
             data += b"\x00" if vr == "UI" else b" "
         ds._dict[tag] = raw._replace(value=data, length=len(data), VR=vr)
-        ctx.touched += 1
         return True
 
     def _fold(self, ds: Dataset, element: DataElement, decision: Decision, ctx: Context) -> bool:
@@ -550,7 +546,6 @@ class Plan:
                 if action.value is not None and not resolve(action.value, element, ctx, vr):
                     continue
                 del ds[element.tag]
-                ctx.touched += 1
                 return False
             if kind == "BLANK":
                 element.value = None
@@ -571,7 +566,6 @@ class Plan:
                 if days is None:
                     continue
                 self._jitter(element, int(days))
-            ctx.touched += 1
         return True
 
     @staticmethod
@@ -595,7 +589,6 @@ class Plan:
         later = tuple(a for a in decision.steps if a.index > first.index)
         if later:
             self._fold(ds, ds[tag], Decision(later, False, decision.no_remove, False, False), ctx)
-        ctx.touched += 1
 
 
 def text_value(ds: Dataset, tag: int) -> str | None:

@@ -279,3 +279,22 @@ def test_uid_safety_net_for_unlisted_uids(engine: Engine) -> None:
     ds.save_as(buffer)
     out = _read(run(engine, buffer.getvalue())[1])
     assert out[0x00189767].value == HmacIdentity(KEY).uid(odd_uid)
+
+
+def test_large_pixel_data_is_deferred_and_untouched(engine: Engine, tmp_path: Path) -> None:
+    planted = make_ct(rows=1024, columns=1024)  # 2 MiB of pixel data: above the engine's defer size
+    path = tmp_path / "large.dcm"
+    path.write_bytes(planted.data)
+    for source in (str(path), io.BytesIO(planted.data)):
+        out = io.BytesIO()
+        outcome = engine.process(source, out)
+        assert outcome.state == "ANONYMIZED", outcome.reason
+        assert _read(out.getvalue()).PixelData == planted.pixel_bytes
+
+
+def test_identity_outage_is_raised_not_failed() -> None:
+    from sendit.deid.identity import HttpIdentity, IdentityError
+
+    engine = Engine(secret_key=KEY, identity=HttpIdentity("http://127.0.0.1:9", KEY, timeout=1))
+    with pytest.raises(IdentityError):
+        engine.process(io.BytesIO(make_ct().data), io.BytesIO())
