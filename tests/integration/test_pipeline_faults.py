@@ -1,0 +1,251 @@
+"""Faults in the file step: crashes, held leases, give-up, vanished objects, transient errors, dead letters.
+
+Most tests call the library directly on an object in a bucket without notifications, so the function
+server does not race them. A fault is injected with monkeypatch only where the emulators cannot produce
+it (a process dying between two calls; an API answering 503).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dicom_factory import StudySpec, write_study
+from google.api_core.exceptions import Conflict, ServiceUnavailable
+from pipeline_helpers import batch_of, clean_objects, files_of, wait_batch
+
+from sendit import process, state
+from sendit.events import PUBSUB_PUBLISHED, ObjectFinalized
+from sendit.runtime import Context
+
+pytestmark = pytest.mark.stack
+
+DIRECT_BUCKET = "sendit-direct-test"  # no notifications: only the staging bucket notifies
+
+
+class Crash(BaseException):
+    """The instance dies (not an Exception: nothing in the handler may catch it)."""
+
+
+@pytest.fixture(scope="module")
+def ctx(stack: Any, clients: Any) -> Iterator[Context]:
+    from sendit.config import Settings
+
+    settings = Settings.from_env(stack.settings_env())
+    with contextlib.suppress(Conflict):
+        clients.storage.create_bucket(DIRECT_BUCKET)
+    yield Context(settings=settings, clients=clients)
+
+
+def _put(ctx: Context, tmp_path: Path, folder: str, name: str = "x.dcm", **spec: Any) -> ObjectFinalized:
+    (path,) = write_study(tmp_path, StudySpec(instances=1, **spec), folder=folder)
+    blob = ctx.clients.storage.bucket(DIRECT_BUCKET).blob(f"{folder}/{name}")
+    blob.upload_from_filename(str(path))
+    blob.reload()
+    return ObjectFinalized(
+        bucket=DIRECT_BUCKET,
+        name=blob.name,
+        generation=str(blob.generation),
+        size=int(blob.size),
+        md5=blob.md5_hash,
+        event_id="test-event",
+    )
+
+
+def _batch(ctx: Context, folder: str) -> str:
+    return state.batch_id(ctx.settings.secret_key, DIRECT_BUCKET, folder)
+
+
+def _file(ctx: Context, obj: ObjectFinalized) -> dict[str, Any]:
+    doc = state.get_file(ctx, state.file_key(obj.bucket, obj.name, obj.generation))
+    assert doc is not None
+    return doc
+
+
+def test_crash_between_clean_write_and_record_leaves_one_file_and_one_state(
+    ctx: Context, batch_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    obj = _put(ctx, tmp_path, batch_name)
+    batch = _batch(ctx, batch_name)
+
+    def crash(*args: Any, **kwargs: Any) -> bool:
+        raise Crash()
+
+    monkeypatch.setattr(state, "record_terminal", crash)
+    with pytest.raises(Crash):
+        process.process_object(ctx, obj, lease_seconds=0)
+    monkeypatch.undo()
+    (written,) = clean_objects(ctx.clients, ctx.settings.processing_bucket, batch)
+    assert _file(ctx, obj)["state"] == state.RECEIVED
+
+    result = process.process_object(ctx, obj)  # the redelivery: lease expired, claimed again
+    assert result.claim == "claimed" and result.state == state.ANONYMIZED
+    (again,) = clean_objects(ctx.clients, ctx.settings.processing_bucket, batch)
+    assert again.name == written.name and again.md5_hash == written.md5_hash
+    doc = _file(ctx, obj)
+    assert doc["state"] == state.ANONYMIZED and doc["attempts"] == 2
+    assert doc["clean_uri"] == f"gs://{ctx.settings.processing_bucket}/{written.name}"
+    assert state.get_batch(ctx, batch)["status"] == state.DONEPROCESSING
+
+    assert process.process_object(ctx, obj).claim == "duplicate"
+    assert len(files_of(ctx.clients, batch)) == 1
+    assert len(clean_objects(ctx.clients, ctx.settings.processing_bucket, batch)) == 1
+
+
+def test_held_lease_is_retryable_and_expired_lease_is_reclaimed(
+    ctx: Context, batch_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    obj = _put(ctx, tmp_path, batch_name)
+    monkeypatch.setattr(state, "record_terminal", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        process.process_object(ctx, obj)  # default lease: still held afterwards
+    monkeypatch.undo()
+
+    with pytest.raises(process.RetryableError, match="lease held") as info:
+        process.process_object(ctx, obj)
+    assert batch_name not in str(info.value) and obj.name not in str(info.value)
+    assert _file(ctx, obj)["attempts"] == 1
+
+    later = datetime.now(UTC) + timedelta(seconds=process.LEASE_SECONDS + 1)
+    result = process.process_object(ctx, obj, now=later)
+    assert result.state == state.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
+
+
+def test_gives_up_after_max_attempts(
+    ctx: Context, batch_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limited = Context(settings=dataclasses.replace(ctx.settings, max_attempts=2), clients=ctx.clients)
+    limited._engine = ctx.engine
+    obj = _put(ctx, tmp_path, batch_name)
+    monkeypatch.setattr(state, "record_terminal", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    for _ in range(2):
+        with pytest.raises(Crash):
+            process.process_object(limited, obj, lease_seconds=0)
+    monkeypatch.undo()
+
+    result = process.process_object(limited, obj)
+    assert result.claim == "gave_up" and result.state == state.FAILED
+    doc = _file(ctx, obj)
+    assert doc["state"] == state.FAILED and doc["reason"] == "gave up after 2 attempts"
+    batch = state.get_batch(ctx, _batch(ctx, batch_name))
+    assert batch["status"] == state.EMPTY and batch["has_error"] is True
+    assert batch["errors"][0]["reason"] == "gave up after 2 attempts"
+
+
+def test_vanished_object_fails_with_reason(ctx: Context, batch_name: str, tmp_path: Path) -> None:
+    obj = _put(ctx, tmp_path, batch_name)
+    ctx.clients.storage.bucket(DIRECT_BUCKET).blob(obj.name).delete()
+    result = process.process_object(ctx, obj)  # returns normally: the message is acked
+    assert result.state == state.FAILED and result.reason == "object no longer exists"
+    assert _file(ctx, obj)["reason"] == "object no longer exists"
+
+
+def test_transient_error_is_retryable_without_phi_and_releases_the_claim(
+    ctx: Context, batch_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    obj = _put(ctx, tmp_path, batch_name)
+
+    def unavailable(*args: Any, **kwargs: Any) -> int:
+        raise ServiceUnavailable(f"GET gs://{DIRECT_BUCKET}/{obj.name}: 503")  # names the object, as GCS does
+
+    monkeypatch.setattr(process.storage, "download", unavailable)
+    with pytest.raises(process.RetryableError) as info:
+        process.process_object(ctx, obj)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert "ServiceUnavailable" in message and "de-identify" in message
+    assert batch_name not in message and obj.name not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    doc = _file(ctx, obj)
+    assert doc["state"] == state.RECEIVED and doc["lease_until"] <= datetime.now(UTC)
+
+    result = process.process_object(ctx, obj)  # the redelivery proceeds at once
+    assert result.state == state.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
+
+
+def _event(data: bytes, attributes: dict[str, str]) -> dict[str, Any]:
+    return {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": attributes,
+            "messageId": "m-1",
+        }
+    }
+
+
+def test_events_that_are_not_staging_uploads_are_acked_and_ignored(ctx: Context, batch_name: str) -> None:
+    staging = ctx.settings.staging_bucket
+    name = f"{batch_name}/a.dcm"
+    base = {"bucketId": staging, "objectId": name, "objectGeneration": "7"}
+    resource = json.dumps({"bucket": staging, "name": name, "generation": "7"}).encode()
+    other = json.dumps({"bucket": "elsewhere", "name": name, "generation": "7"}).encode()
+    placeholder = json.dumps({"bucket": staging, "name": f"{batch_name}/", "generation": "7"}).encode()
+    cases = [
+        (PUBSUB_PUBLISHED, _event(resource, {**base, "eventType": "OBJECT_DELETE"})),
+        (PUBSUB_PUBLISHED, _event(other, {"eventType": "OBJECT_FINALIZE"})),
+        (PUBSUB_PUBLISHED, _event(placeholder, {"eventType": "OBJECT_FINALIZE"})),
+        (PUBSUB_PUBLISHED, _event(b"{not json", {"eventType": "OBJECT_FINALIZE"})),
+        (PUBSUB_PUBLISHED, {"no": "message"}),
+        ("google.cloud.audit.log.v1.written", {}),
+    ]
+    for event_type, data in cases:
+        assert process.handle_event(ctx, event_type, data, "e") is None
+    assert state.get_batch(ctx, state.batch_id(ctx.settings.secret_key, staging, batch_name)) is None
+
+
+def test_dead_letter_marks_file_failed_and_leaves_terminal_files_alone(
+    ctx: Context, batch_name: str, tmp_path: Path
+) -> None:
+    done = _put(ctx, tmp_path, batch_name, "done.dcm")
+    assert process.process_object(ctx, done).state == state.ANONYMIZED
+    lost = ObjectFinalized(DIRECT_BUCKET, f"{batch_name}/lost.dcm", "42", 10, None, "e")
+    dead = dataclasses.replace(ctx.settings, staging_bucket=DIRECT_BUCKET)
+    dctx = Context(settings=dead, clients=ctx.clients)
+    for obj in (done, lost):
+        attributes = {
+            "eventType": "OBJECT_FINALIZE",
+            "bucketId": obj.bucket,
+            "objectId": obj.name,
+            "objectGeneration": obj.generation,
+            process.DEAD_LETTER_COUNT: "5",
+        }
+        resource = json.dumps({"bucket": obj.bucket, "name": obj.name, "generation": obj.generation})
+        process.handle_dead_letter(dctx, PUBSUB_PUBLISHED, _event(resource.encode(), attributes), "d")
+    assert _file(ctx, done)["state"] == state.ANONYMIZED
+    failed = _file(ctx, lost)
+    assert failed["state"] == state.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
+    batch = state.get_batch(ctx, _batch(ctx, batch_name))
+    assert batch["status"] == state.DONEPROCESSING and batch["counts"]["FAILED"] == 1
+    assert batch["has_error"] is True
+
+
+def test_poison_notification_is_dead_lettered_and_recorded(
+    stack: Any, clients: Any, settings: Any, batch_name: str
+) -> None:
+    """Real subscriptions: a file whose lease never frees is retried 5 times, then dead-lettered."""
+    name, generation = f"{batch_name}/stuck.dcm", "1700000000000001"
+    obj = ObjectFinalized(settings.staging_bucket, name, generation, 0, None, "e")
+    batch = batch_of(settings, batch_name)
+    claim = state.claim_file(clients.firestore, obj, batch, max_attempts=5, lease_seconds=3600)
+    assert claim.kind == "claimed"
+    resource = json.dumps({"bucket": obj.bucket, "name": name, "generation": generation, "size": "0"})
+    attributes = {
+        "eventType": "OBJECT_FINALIZE",
+        "bucketId": obj.bucket,
+        "objectId": name,
+        "objectGeneration": generation,
+        "payloadFormat": "JSON_API_V1",
+    }
+    topic = clients.topic_path(stack.topic("uploads"))
+    clients.publisher.publish(topic, resource.encode(), **attributes).result(timeout=10)
+    doc = wait_batch(clients, batch, {state.EMPTY}, 1, timeout=90)
+    (failed,) = files_of(clients, batch)
+    assert failed["state"] == state.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
+    assert doc["has_error"] is True
