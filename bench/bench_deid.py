@@ -265,6 +265,22 @@ def main() -> int:
         gc.collect()
         at_500, peak_500 = tracemalloc.get_traced_memory()
         tracemalloc.stop()
+        size = dx[0].stat().st_size
+        peaks = []
+        for job in (
+            lambda out: dcmwrite(out, dcmread(dx[0]), enforce_file_format=True),
+            lambda out: engine.process(str(dx[0]), out),
+        ):
+            gc.collect()
+            tracemalloc.start()
+            with open(Path(tmp) / "out.dcm", "wb") as out:
+                job(out)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        print(
+            f"peak memory, one {size / 2**20:.1f} MiB DX file written to disk: plain {peaks[0] / size:.2f}x"
+            f" the file size, engine {peaks[1] / size:.2f}x"
+        )
         print(
             f"memory (tracemalloc) after 50 files: {at_50 / 2**20:6.2f} MiB (peak {peak_50 / 2**20:6.2f});"
             f" after 500: {at_500 / 2**20:6.2f} MiB (peak {peak_500 / 2**20:6.2f})"
