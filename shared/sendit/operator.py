@@ -140,8 +140,9 @@ def format_table(batches: list[dict[str, Any]]) -> str:
 
 
 def run_status(
-    args: argparse.Namespace, out: TextIO = sys.stdout, sleep: Callable[[float], None] = time.sleep
+    args: argparse.Namespace, out: TextIO | None = None, sleep: Callable[[float], None] = time.sleep
 ) -> int:
+    out = out or sys.stdout
     url = _url(args, "SENDIT_STATUS_URL")
     rounds = 0
     while True:
@@ -166,7 +167,8 @@ def run_status(
 # ------------------------------------------------------------------------------------------ send
 
 
-def run_send(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_send(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     url = _url(args, "SENDIT_SEND_URL")
     body = {"batches": list(args.batches)} if args.batches else None
     code, payload = request_json("POST", url, body)
@@ -232,7 +234,8 @@ def format_metrics(rows: list[dict[str, Any]], fmt: str) -> str:
     return buffer.getvalue()
 
 
-def run_metrics(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_metrics(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     out.write(format_metrics(metrics_rows(fetch_batches(_url(args, "SENDIT_STATUS_URL"))), args.format))
     return 0
 

@@ -231,18 +231,21 @@ def handle(ctx: Context, request: Request) -> Response:
     if request.method not in {"GET", "HEAD"}:
         return _error(405, f"method {request.method} not allowed: use GET")
     route, batch_id = _route(request.path)
-    db, settings = ctx.clients.firestore, ctx.settings
+    if route == "missing":
+        return _error(404, "not found: use /batches or /batches/<id>")
     html_wanted = _wants_html(request)
     try:
-        if route == "missing":
-            return _error(404, "not found: use /batches or /batches/<id>")
+        size, token, state = _page_args(request) if route == "batch" else (0, None, None)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    db, settings = ctx.clients.firestore, ctx.settings
+    try:
         if route in {"root", "batches"}:
             batches = list_batches(db, settings)
             if html_wanted:
                 return _html(render_dashboard(batches, _refresh(request)))
             return json_response({"batches": batches})
         assert batch_id is not None
-        size, token, state = _page_args(request)
         batch = get_batch(db, settings, batch_id)
         files, next_token = list_files(db, settings, batch_id, size, token, state)
         batch["files"], batch["next_page_token"] = files, next_token
@@ -251,8 +254,6 @@ def handle(ctx: Context, request: Request) -> Response:
         return json_response(batch)
     except NotFound:
         return _error(404, "unknown batch")
-    except BadRequest as exc:
-        return _error(400, str(exc))
 
 
 def _refresh(request: Request) -> int:

@@ -8,6 +8,7 @@ import io
 import random
 import tarfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,30 @@ def test_late_file_goes_out_in_a_follow_up_delivery(ctx: Any, tmp_path: Path, ba
     batch = kit.batch_doc(ctx, seeded.batch_id)
     assert [d["files"] for d in batch["deliveries"]] == [4, 2]
     assert len(kit.bigquery_rows(ctx, seeded.batch_id)) == 6
+
+
+def test_stuck_delivery_is_dead_lettered_through_pubsub(
+    stack: Any, ctx: Any, tmp_path: Path, batch_name: str
+) -> None:
+    """A lease nobody releases makes every delivery attempt fail; after the subscription's last attempt the
+    message reaches the dead-letter function, which puts the batch back with a reason (no mocks)."""
+    seeded = _seed(ctx, tmp_path, batch_name, studies=two_studies()[:1])
+    ref = ctx.clients.firestore.collection(ctx.settings.batches_collection).document(seeded.batch_id)
+    ref.update({"deliver_lease": {"owner": "a-dead-instance", "until": ds.now() + timedelta(seconds=600)}})
+
+    code, body = kit.post(stack.function_url("send"), {"batches": [seeded.batch_id]})
+    assert code == 202 and body["queued"] == [seeded.batch_id]
+
+    def reset() -> dict[str, Any] | None:
+        batch = kit.batch_doc(ctx, seeded.batch_id)
+        return batch if batch["status"] == "DONEPROCESSING" else None
+
+    batch = kit.wait_for(reset, 90, 0.5, "the dead-letter handler to reset the batch")
+    assert batch["has_error"] is True and "deliver_lease" not in batch
+    assert batch["errors"][-1]["reason"].startswith("delivery failed after 5 attempts")
+    assert kit.bigquery_rows(ctx, seeded.batch_id) == []
+    # the operator sends it again, and now it goes through
+    code, _ = kit.post(stack.function_url("send"), {"batches": [seeded.batch_id]})
+    assert code == 202
+    kit.wait_for(lambda: kit.batch_doc(ctx, seeded.batch_id)["status"] == "SENT", 60, what="SENT")
+    assert len(kit.bigquery_rows(ctx, seeded.batch_id)) == 4
