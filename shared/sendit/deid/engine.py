@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from sendit.deid.identity import (
     HmacIdentity,
@@ -33,7 +33,7 @@ from sendit.deid.identity import (
     check_key,
 )
 from sendit.deid.outcome import Outcome, Pseudonyms
-from sendit.deid.plan import Context, text_value
+from sendit.deid.plan import Context, elements, text_value
 from sendit.deid.recipe import FilterItem, Recipe, load_recipe
 from sendit.deid.row import build_row
 
@@ -271,12 +271,12 @@ class Engine:
         return originals
 
     def _check_pixels(self, ds: Dataset, size: int | None) -> None:
-        pixel_tag = next((t for t in PIXEL_TAGS if t in ds._dict), None)
+        pixel_tag = next((t for t in PIXEL_TAGS if t in elements(ds)), None)
         if pixel_tag is None:
             if "Rows" in ds and "Columns" in ds:
                 raise Rejected("FAILED", "missing pixel data")
             return
-        raw = ds._dict[pixel_tag]
+        raw = elements(ds)[pixel_tag]
         length = getattr(raw, "length", None)
         tell = getattr(raw, "value_tell", None)
         if length is None or length == 0xFFFFFFFF:
@@ -326,7 +326,7 @@ class Engine:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or old_meta.get("MediaStorageSOPClassUID")
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = old_meta.get("TransferSyntaxUID") or _guess_syntax(ds)
+        meta.TransferSyntaxUID = UID(old_meta.get("TransferSyntaxUID") or _guess_syntax(ds))
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = f"SENDIT_{SOFTWARE_VERSION}"[:16]
         ds.file_meta = meta
@@ -335,7 +335,7 @@ class Engine:
         little = ds.original_encoding[1] is not False
         implicit = bool(ds.original_encoding[0])
         for element in self._provenance(implicit, little, cleaned):
-            ds._dict[element.tag] = element
+            elements(ds)[element.tag] = element
 
     def _provenance(self, implicit: bool, little: bool, cleaned: bool) -> tuple[RawDataElement, ...]:
         """The provenance elements, encoded once per dataset encoding (they are the same for every file)."""

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -437,7 +437,7 @@ class Plan:
                 self._fold_missing(ds, tag, adds, ctx)
 
     def _walk(self, ds: Dataset, parent: str | None, ctx: Context) -> None:
-        raw_items = ds._dict  # peek at raw elements without decoding them
+        raw_items = elements(ds)  # peek at raw elements without decoding them
         private_seen = False
         for tag in list(raw_items):
             raw = raw_items[tag]
@@ -532,7 +532,7 @@ class Plan:
         data = new.encode("ascii")
         if len(data) % 2:
             data += b"\x00" if vr == "UI" else b" "
-        ds._dict[tag] = raw._replace(value=data, length=len(data), VR=vr)
+        elements(ds)[tag] = raw._replace(value=data, length=len(data), VR=vr)
         return True
 
     def _fold(self, ds: Dataset, element: DataElement, decision: Decision, ctx: Context) -> bool:
@@ -591,13 +591,18 @@ class Plan:
             self._fold(ds, ds[tag], Decision(later, False, decision.no_remove, False, False), ctx)
 
 
+def elements(ds: Dataset) -> dict[int, Any]:
+    """The dataset's element store (raw or converted elements by tag), read without decoding."""
+    return cast(dict[int, Any], ds._dict)
+
+
 def text_value(ds: Dataset, tag: int) -> str | None:
     """The stripped text of a top-level element, read from raw ASCII bytes when still raw.
 
     Avoids pydicom's value conversion for the handful of attributes the engine reads per file.
     Multi-valued text comes back with its backslashes; None when the element is absent.
     """
-    raw = ds._dict.get(tag)
+    raw = elements(ds).get(tag)
     if raw is None:
         return None
     if isinstance(raw, RawDataElement) and raw.value is not None and raw.value.isascii():
@@ -631,7 +636,7 @@ def _creator(ds: Dataset, tag: int) -> str | None:
     element = tag & 0xFFFF
     if element < 0x0100:
         return None  # a creator (or reserved) element: it has no creator of its own
-    slot = ds._dict.get((tag & 0xFFFF0000) | (element >> 8))
+    slot = elements(ds).get((tag & 0xFFFF0000) | (element >> 8))
     if slot is None:
         return None
     value = slot.value
@@ -642,8 +647,8 @@ def _creator(ds: Dataset, tag: int) -> str | None:
 
 def _prune_creators(ds: Dataset) -> None:
     """Drop private creator elements whose block no longer holds any element."""
-    used = {_block(t) for t in ds._dict if t >> 16 & 1 and (t & 0xFFFF) >= 0x0100}
-    for tag in [t for t in ds._dict if t >> 16 & 1 and 0x10 <= (t & 0xFFFF) <= 0xFF]:
+    used = {_block(t) for t in elements(ds) if t >> 16 & 1 and (t & 0xFFFF) >= 0x0100}
+    for tag in [t for t in elements(ds) if t >> 16 & 1 and 0x10 <= (t & 0xFFFF) <= 0xFF]:
         if tag not in used:
             del ds[tag]
 

@@ -10,20 +10,27 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from sendit.deid.plan import text_value
+from sendit.deid.plan import elements, text_value
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULK_THRESHOLD = 256  # binary values at least this long are left out of the header JSON
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 
 
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - only called with dictionary keywords
+        raise KeyError(keyword)
+    return tag
+
+
 def _text(ds: Dataset, keyword: str) -> str | None:
-    return text_value(ds, tag_for_keyword(keyword)) or None
+    return text_value(ds, _tag(keyword)) or None
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
-    tag = tag_for_keyword(keyword)
-    raw = ds._dict.get(tag)
+    tag = _tag(keyword)
+    raw = elements(ds).get(tag)
     if raw is not None and raw.VR in _STRUCT:  # US/UL...: binary, let pydicom read it
         value = ds[tag].value
         return int(value) if isinstance(value, int) else None
@@ -35,7 +42,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
-    text = text_value(ds, tag_for_keyword(keyword))
+    text = text_value(ds, _tag(keyword))
     try:
         return float(text.split("\\")[0]) if text else None
     except ValueError:
@@ -126,7 +133,7 @@ def header_json(ds: Dataset) -> dict[str, Any]:
     pydicom's value conversion (the costliest part of building the row otherwise).
     """
     out: dict[str, Any] = {}
-    for tag, raw in ds._dict.items():  # look before decoding (deferred pixel data)
+    for tag, raw in elements(ds).items():  # look before decoding (deferred pixel data)
         if tag in _PIXEL_TAGS:
             continue
         if raw.VR in BINARY_VRS:
@@ -154,7 +161,7 @@ def header_json(ds: Dataset) -> dict[str, Any]:
 def build_row(ds: Dataset, deid_method: str) -> dict[str, Any]:
     """The columns of ``sendit/schema/dicom.json`` the engine knows (delivery adds the rest)."""
     frames = _int(ds, "NumberOfFrames")
-    if frames is None and any(t in ds._dict for t in _PIXEL_TAGS):
+    if frames is None and any(t in elements(ds) for t in _PIXEL_TAGS):
         frames = 1
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     return {
