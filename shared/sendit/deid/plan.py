@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, cast
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -198,8 +198,6 @@ def parse_tag(field_name: str) -> int | None:
     found = _BARE_TAG.match(field_name)
     if found:
         return int(found.group(1), 16)
-    from pydicom.datadict import tag_for_keyword
-
     return tag_for_keyword(field_name)
 
 
@@ -262,22 +260,25 @@ def _deid_func(name: str, extras: str, element: DataElement, ctx: Context) -> An
     if name == "jitter":
         opts = _keyvalues(extras)
         days = int(opts.get("days", 1)) + 365 * int(opts.get("years", 0))
-        return ("__jitter__", days)
+        return ("__jitter__", days)  # a marker: the caller shifts the element's dates by these days
     raise RecipeError(f"deid_func:{name} is not a known deid function")
+
+
+DEID_FUNCTIONS = frozenset({"pydicom_uuid", "dicom_uuid", "basic_uuid", "suffix_uuid", "jitter"})
 
 
 def resolve(spec: str, element: DataElement | None, ctx: Context, vr: str) -> Any:
     """The value an action's VALUE stands for (None: leave the element as it is, like deid)."""
-    kind, _, option = spec.partition(":")
+    kind, sep, option = spec.partition(":")
     kind_l = kind.lower()
-    if _ and kind_l == "var":
+    if sep and kind_l == "var":
         return ctx.variables.get(option)
-    if _ and kind_l == "func":
+    if sep and kind_l == "func":
         function = ctx.functions.get(option) or BUILTIN_FUNCTIONS.get(option)
         if function is None or element is None:
             return None
         return function(element, ctx)
-    if _ and kind_l == "deid_func":
+    if sep and kind_l == "deid_func":
         name, _sep, extras = option.partition(" ")
         return None if element is None else _deid_func(name, extras, element, ctx)
     return convert_literal(spec, vr)

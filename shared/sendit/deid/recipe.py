@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from sendit.deid.plan import ACTIONS, Action, Plan, RecipeError, compile_field, parse_tag
+from sendit.deid.plan import ACTIONS, DEID_FUNCTIONS, Action, Plan, RecipeError, compile_field, parse_tag
 
 DEFAULT_RECIPE = "deid.dicom.ps315-basic"
 
@@ -156,6 +156,10 @@ def compile_recipe(parsed: dict[str, Any], *, remove_private: bool = True, remap
         value = value.strip() if isinstance(value, str) else None
         if kind not in ACTIONS:
             raise RecipeError(f"unsupported action {kind!r}")
+        if value and value.lower().startswith("deid_func:"):
+            function = value.split(":", 1)[1].split(" ", 1)[0]
+            if function not in DEID_FUNCTIONS:
+                raise RecipeError(f"deid_func:{function} is not a known deid function")
         if kind == "ADD":
             tag = parse_tag(name)
             if tag is None:

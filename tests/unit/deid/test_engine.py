@@ -298,3 +298,22 @@ def test_identity_outage_is_raised_not_failed() -> None:
     engine = Engine(secret_key=KEY, identity=HttpIdentity("http://127.0.0.1:9", KEY, timeout=1))
     with pytest.raises(IdentityError):
         engine.process(io.BytesIO(make_ct().data), io.BytesIO())
+
+
+def test_deid_functions_are_keyed(tmp_path: Path) -> None:
+    from sendit.deid.plan import RecipeError
+
+    recipe = tmp_path / "deid.funcs"
+    recipe.write_text(
+        "FORMAT dicom\n%header\nREPLACE FrameOfReferenceUID deid_func:pydicom_uuid\n"
+        "REPLACE StudyDate deid_func:jitter days=2\n"
+    )
+    planted = make_ct(study_date="20210315")
+    ds = _read(run(Engine(recipe_path=str(recipe), secret_key=KEY), planted.data)[1])
+    assert ds.FrameOfReferenceUID == HmacIdentity(KEY).uid(
+        planted.frame_uid
+    )  # keyed, not deid's unkeyed hash
+    assert ds.StudyDate == "20210317"
+    recipe.write_text("FORMAT dicom\n%header\nREPLACE PatientID deid_func:no_such_function\n")
+    with pytest.raises(RecipeError):
+        Engine(recipe_path=str(recipe), secret_key=KEY)
