@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING, Any
@@ -68,6 +70,29 @@ CODE_MEANINGS = {
 _MODALITY_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
+class _RedactValues(logging.Filter):
+    """pydicom's messages can quote header values (``Invalid value for VR DA: '...'``): redact them."""
+
+    _quoted = re.compile(r"b?(['\"]).*?\1")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._quoted.sub("<value>", record.getMessage())
+        record.args = ()
+        return True
+
+
+def quiet_pydicom() -> None:
+    """Keep header values out of logs: redact pydicom's log lines, silence its duplicate warnings.
+
+    pydicom reports each problem both to the ``pydicom`` logger and as a ``UserWarning``; the log line is
+    kept (redacted), the warning (printed to stderr verbatim) is ignored. Idempotent, process-wide.
+    """
+    pydicom_log = logging.getLogger("pydicom")
+    if not any(isinstance(f, _RedactValues) for f in pydicom_log.filters):
+        pydicom_log.addFilter(_RedactValues())
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+
+
 class Rejected(Exception):
     """Internal: a file ends SKIPPED or FAILED with a reason."""
 
@@ -103,6 +128,7 @@ class Engine:
         defer_size: int = 1024 * 1024,
     ) -> None:
         key = check_key(secret_key)  # no key, no run (also for the HTTP provider: it keys the UIDs)
+        quiet_pydicom()
         self.identity: IdentityProvider = identity or HmacIdentity(key, date_shift_max_days)
         self.recipe: Recipe = load_recipe(recipe_path, remove_private=remove_private)
         self.allowed_modalities = (

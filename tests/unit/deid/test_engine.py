@@ -317,3 +317,15 @@ def test_deid_functions_are_keyed(tmp_path: Path) -> None:
     recipe.write_text("FORMAT dicom\n%header\nREPLACE PatientID deid_func:no_such_function\n")
     with pytest.raises(RecipeError):
         Engine(recipe_path=str(recipe), secret_key=KEY)
+
+
+def test_pydicom_messages_are_redacted(engine: Engine, caplog) -> None:
+    import logging
+
+    from pydicom.dataset import Dataset
+
+    del engine  # building an engine installs the redaction
+    with caplog.at_level(logging.WARNING, logger="pydicom"):
+        Dataset().PatientBirthDate = "1961-07-04"  # pydicom: Invalid value for VR DA: '1961-07-04'
+    assert "Invalid value for VR DA" in caplog.text
+    assert "1961-07-04" not in caplog.text
