@@ -8,8 +8,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from conftest import KEY, run
-from factory import ACCESSION, PATIENT_ID, make_ct
+from deid_factory import ACCESSION, KEY, PATIENT_ID, make_ct, run
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
 import pytest
-from conftest import KEY
+from deid_factory import KEY, PATIENT_ID, make_ct, run
 
 from sendit.deid.engine import Engine
 from sendit.deid.identity import (
@@ -149,9 +149,6 @@ def test_http_identity_errors_name_no_identifier(broker: str) -> None:
 
 
 def test_engine_with_http_provider_uses_broker_pseudonyms(broker: str) -> None:
-    from conftest import run
-    from factory import PATIENT_ID, make_ct
-
     engine = Engine(secret_key=KEY, identity=HttpIdentity(broker, KEY))
     outcome, _ = run(engine, make_ct().data)
     assert outcome.state == "ANONYMIZED"

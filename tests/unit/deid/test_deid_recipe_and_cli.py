@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import KEY
-from factory import PATIENT_NAME, make_ct
+from deid_factory import KEY, PATIENT_NAME, make_ct
 from pydicom import dcmread
 
 from sendit.deid import offline

@@ -9,7 +9,7 @@ from pathlib import Path
 import deid_data
 import pydicom.data
 import pytest
-from conftest import KEY
+from deid_factory import KEY
 from pydicom import dcmread
 
 from sendit.deid.engine import Engine

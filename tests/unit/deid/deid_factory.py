@@ -5,10 +5,25 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+if TYPE_CHECKING:
+    from sendit.deid.engine import Engine
+    from sendit.deid.outcome import Outcome
+
+KEY = b"unit-test-secret-key-0123456789"
+
+
+def run(engine: Engine, data: bytes) -> tuple[Outcome, bytes]:
+    """Process bytes; return (outcome, output bytes)."""
+    out = io.BytesIO()
+    outcome = engine.process(io.BytesIO(data), out)
+    return outcome, out.getvalue()
+
 
 # Planted values: none may survive de-identification (checked as bytes in the output file).
 PATIENT_NAME = "Doe^Johnathan^Q"
