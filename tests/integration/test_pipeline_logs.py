@@ -1,0 +1,86 @@
+"""Logs carry no PHI: no planted identifier, no original object or folder name. The function logs are
+scanned whole, so run after the other pipeline tests (file order) they cover the traffic of all of them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dicom_factory import PLANTED, StudySpec, write_study
+from google.api_core.exceptions import Conflict
+from pipeline_helpers import batch_of, upload_tree, wait_batch
+
+from sendit import logs, process, state
+from sendit.events import ObjectFinalized
+from sendit.runtime import Context
+
+pytestmark = pytest.mark.stack
+
+FOLDER = re.compile(r"T[0-9a-f]{10}")  # the batch_name fixture's folder names
+NAMES = ("IMG_0", "IMG_ACC", "series_1/", "notes.txt", "truncated.dcm", "stuck.dcm", "lost.dcm")
+
+
+def _leaks(text: str) -> list[str]:
+    found = [key for key, value in PLANTED.items() if value in text]
+    found += [name for name in NAMES if name in text]
+    found += FOLDER.findall(text)[:3]
+    return found
+
+
+@pytest.mark.parametrize("function", ["anonymize", "dead_letter"])
+def test_function_logs_hold_no_phi(
+    stack: Any, clients: Any, settings: Any, batch_name: str, tmp_path: Path, function: str
+) -> None:
+    # Traffic of our own (names and headers full of planted identifiers) on top of the earlier tests'.
+    root = tmp_path / batch_name
+    write_study(tmp_path, StudySpec(instances=2), folder=batch_name)
+    (root / f"IMG_{PLANTED['accession']}.txt").write_text(PLANTED["patient_name"])
+    upload_tree(clients, settings.staging_bucket, root, prefix=f"{batch_name}/")
+    wait_batch(clients, batch_of(settings, batch_name), {state.DONEPROCESSING}, 3)
+    text = stack.service(f"function {function}").log_path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all("severity" in entry for entry in entries)
+    if function == "anonymize":
+        outcomes = [e for e in entries if e.get("event") == "file_outcome"]
+        assert len(outcomes) >= 3
+        assert {"ANONYMIZED", "FAILED"} <= {e["state"] for e in outcomes}
+        for entry in outcomes:
+            assert {"file_key", "name_hash", "generation", "batch_id", "state", "reason"} <= set(entry)
+            if entry["state"] == "ANONYMIZED":
+                assert entry["ids"]["patient_id"] and entry["engine_ms"] >= 0 and entry["total_ms"] > 0
+    assert _leaks(text) == []
+
+
+def test_in_process_logs_hold_no_phi(
+    stack: Any, clients: Any, batch_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sendit.config import Settings
+
+    settings = Settings.from_env(stack.settings_env())
+    ctx = Context(settings=settings, clients=clients)
+    bucket = "sendit-direct-test"
+    with contextlib.suppress(Conflict):
+        clients.storage.create_bucket(bucket)
+    objs = []
+    for spec in (StudySpec(instances=1), StudySpec(instances=1, modality="US", study_index=2)):
+        folder = f"{batch_name}-{spec.modality}"
+        (path,) = write_study(tmp_path, spec, folder=folder)
+        blob = clients.storage.bucket(bucket).blob(f"{folder}/IMG_{PLANTED['accession']}.dcm")
+        blob.upload_from_filename(str(path))
+        objs.append(ObjectFinalized(bucket, blob.name, str(blob.generation), path.stat().st_size, None, "e"))
+    formatter = logs.JsonFormatter()
+    # Production levels (sendit.logs.setup): INFO, third-party loggers quieter. At DEBUG the Google client
+    # libraries log whole request payloads (object names included): never run them at DEBUG with PHI.
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.DEBUG, logger="sendit"):
+        results = [process.process_object(ctx, obj) for obj in objs]
+        results.append(process.process_object(ctx, objs[0]))  # duplicate
+    assert [r.state for r in results] == [state.ANONYMIZED, state.SKIPPED, state.ANONYMIZED]
+    text = "\n".join(formatter.format(record) for record in caplog.records)
+    assert "file_outcome" in text and "duplicate" in text
+    assert _leaks(text) == [] and batch_name not in text
