@@ -52,6 +52,10 @@ class BatchBusy(RuntimeError):
     """Another invocation holds this batch's delivery lease: retry later (transient)."""
 
 
+class BatchReopened(RuntimeError):
+    """A late file reopened the batch after the send: retry until it is DONEPROCESSING again (transient)."""
+
+
 class VerifyError(RuntimeError):
     """A destination object does not have the MD5 of what was written: retry (transient)."""
 
@@ -133,6 +137,8 @@ def deliver_batch(
     if not claim.granted:
         if claim.reason == "busy":
             raise BatchBusy("another delivery of this batch is running")
+        if claim.reason == "reopened":
+            raise BatchReopened("the batch is processing late files; delivery waits")
         result.outcome = f"skipped:{claim.reason}"
         log.info(
             "deliver: nothing to do",

@@ -41,7 +41,7 @@ class Claim:
     """Whether a deliver invocation may work on its batch now."""
 
     granted: bool
-    reason: str  # "claimed" | "unknown" | "not_sending" | "stale" | "busy"
+    reason: str  # claimed | resumed | unknown | not_sending | stale | busy | reopened
     status: str | None = None
     delivery_id: str | None = None
     first_delivery: bool = True
@@ -152,25 +152,32 @@ def claim_delivery(
             return Claim(False, "unknown")
         status = str(snap.get("status") or "")
         current = _get(snap, "delivery_id")
-        if status != "SENDING":
-            return Claim(False, "not_sending", status, current)
         if delivery_id and current and delivery_id != current:
             return Claim(False, "stale", status, current)
+        resumed = False
+        if status != "SENDING":
+            # A file that arrived after the send reopened the batch. The send still stands for this
+            # delivery: wait while it processes (the caller retries), resume once it is done again.
+            if delivery_id and current == delivery_id and status in {"QUEUE", "PROCESSING"}:
+                return Claim(False, "reopened", status, current)
+            if not (delivery_id and current == delivery_id and status == "DONEPROCESSING"):
+                return Claim(False, "not_sending", status, current)
+            resumed = True
         lease = _get(snap, "deliver_lease") or {}
         until = lease.get("until")
         if lease.get("owner") not in (None, owner) and until is not None and until > now():
             return Claim(False, "busy", status, current)
-        tx.update(
-            ref,
-            {
-                "deliver_lease": {"owner": owner, "until": now() + timedelta(seconds=lease_seconds)},
-                "updated_at": fs.SERVER_TIMESTAMP,
-            },
-        )
+        update: dict[str, Any] = {
+            "deliver_lease": {"owner": owner, "until": now() + timedelta(seconds=lease_seconds)},
+            "updated_at": fs.SERVER_TIMESTAMP,
+        }
+        if resumed:
+            update["status"] = "SENDING"
+        tx.update(ref, update)
         return Claim(
             True,
-            "claimed",
-            status,
+            "resumed" if resumed else "claimed",
+            "SENDING",
             current or delivery_id,
             first_delivery=not [
                 d

@@ -312,3 +312,23 @@ def test_stuck_delivery_is_dead_lettered_through_pubsub(
     assert code == 202
     kit.wait_for(lambda: kit.batch_doc(ctx, seeded.batch_id)["status"] == "SENT", 60, what="SENT")
     assert len(kit.bigquery_rows(ctx, seeded.batch_id)) == 4
+
+
+def test_batch_reopened_after_send_waits_then_delivers(ctx: Any, tmp_path: Path, batch_name: str) -> None:
+    """A late file reopens the batch between the send and the deliver message: the message waits
+    (raises, Pub/Sub retries) while the batch processes and resumes once it is DONEPROCESSING again."""
+    seeded = _seed(ctx, tmp_path, batch_name, studies=two_studies()[:1])
+    delivery_id = _queue(ctx, seeded.batch_id)
+    ref = ctx.clients.firestore.collection(ctx.settings.batches_collection).document(seeded.batch_id)
+    ref.update({"status": "PROCESSING"})  # what the pipeline does when a late file arrives
+
+    with pytest.raises(deliver.BatchReopened):
+        deliver.deliver_batch(ctx, seeded.batch_id, delivery_id)
+    assert "deliver_lease" not in kit.batch_doc(ctx, seeded.batch_id)
+
+    ref.update({"status": "DONEPROCESSING"})
+    result = deliver.deliver_batch(ctx, seeded.batch_id, delivery_id)
+    assert result.status == "SENT" and result.files == 4
+    # an older message (another delivery id) is acked without work
+    stale = deliver.deliver_batch(ctx, seeded.batch_id, "an-older-delivery")
+    assert stale.outcome == "skipped:stale"

@@ -41,6 +41,11 @@ def _watch(status_url: str, batch_id: str, until: set[str], seen: list[str], tim
     return kit.wait_for(check, timeout, 0.1, f"batch in {sorted(until)}")
 
 
+def _all_received(status_url: str, batch_id: str, total: int) -> bool:
+    code, body = kit.get_json(f"{status_url}/batches/{batch_id}", params={"page_size": 1})
+    return code == 200 and body["status"] == "DONEPROCESSING" and body["counts"].get("total") == total
+
+
 def test_upload_process_send_deliver(stack: Any, ctx: Any, tmp_path: Path, batch_name: str) -> None:
     env = stack.stack_env()
     status_url, send_url = env["SENDIT_STATUS_URL"], env["SENDIT_SEND_URL"]
@@ -67,7 +72,9 @@ def test_upload_process_send_deliver(stack: Any, ctx: Any, tmp_path: Path, batch
 
     began = time.monotonic()
     subprocess.run([env["SENDIT_UPLOAD_CMD"], str(tmp_path / batch_name)], check=True, timeout=120)
+    # DONEPROCESSING means "every file received so far is terminal": wait until all 11 were received.
     _watch(status_url, batch_id, {"DONEPROCESSING"}, seen, 120)
+    kit.wait_for(lambda: _all_received(status_url, batch_id, 11), 120, 0.1, "all files received and done")
     processed = time.monotonic() - began
 
     code, body = kit.post(send_url, {"batches": [batch_id]})
