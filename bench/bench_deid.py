@@ -135,45 +135,55 @@ def _header(ds, index: int, study: str, series: str, frame: str) -> None:  # typ
         block.add_new(0x20, "OB", bytes(range(256)) * 8)
 
 
+def _write(path: Path, index: int, uids: tuple[str, str, str], pixels: bytes, **overrides: object) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SOPInstanceUID = generate_uid()
+    _header(ds, index, *uids)
+    for keyword, value in overrides.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PixelData = pixels
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def make_files(folder: Path) -> tuple[list[Path], list[Path]]:
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        CTImageStorage,
-        DigitalXRayImageStorageForPresentation,
-        ExplicitVRLittleEndian,
-        generate_uid,
-    )
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 
     rng = np.random.default_rng(7)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    ct: list[Path] = []
-    for index in range(200):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        _header(ds, index, study, series, frame)
-        ds.PixelData = rng.integers(-1024, 2000, size=(512, 512), dtype=np.int16).tobytes()
-        path = folder / f"ct_{index:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        ct.append(path)
-    dx: list[Path] = []
-    for index in range(20):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        _header(ds, index, generate_uid(), generate_uid(), generate_uid())
-        ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-        ds.Modality, ds.Rows, ds.Columns = "DX", 2048, 2048
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 14, 13, 0
-        ds.PixelData = rng.integers(0, 16000, size=(2048, 2048), dtype=np.uint16).tobytes()
-        path = folder / f"dx_{index:02d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        dx.append(path)
+    series = (generate_uid(), generate_uid(), generate_uid())  # one study, series, frame of reference
+    ct = [
+        _write(
+            folder / f"ct_{i:03d}.dcm",
+            i,
+            series,
+            rng.integers(-1024, 2000, size=(512, 512), dtype=np.int16).tobytes(),
+        )
+        for i in range(200)
+    ]
+    dx = [
+        _write(
+            folder / f"dx_{i:02d}.dcm",
+            i,
+            (generate_uid(), generate_uid(), generate_uid()),
+            rng.integers(0, 16000, size=(2048, 2048), dtype=np.uint16).tobytes(),
+            SOPClassUID=DigitalXRayImageStorageForPresentation,
+            Modality="DX",
+            Rows=2048,
+            Columns=2048,
+            BitsStored=14,
+            HighBit=13,
+            PixelRepresentation=0,
+        )
+        for i in range(20)
+    ]
     return ct, dx
 
 
