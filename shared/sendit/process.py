@@ -136,6 +136,7 @@ def process_object(
     step = "claim"
     claim: state.Claim | None = None
     recorded = False
+    t = time.monotonic()
     try:
         claim = state.claim_file(
             ctx,
@@ -160,19 +161,25 @@ def process_object(
             state.finalize_batch(ctx, batch)
             return FileResult(key, batch, "gave_up", state=state.FAILED, reason=reason)
 
+        claim_ms = _ms(t)
         step = "open batch"
+        t = time.monotonic()
         _, late = state.open_batch(ctx, batch, obj.bucket, folder)
+        open_ms = _ms(t)
         step = "de-identify"
         fields, timings = _deidentify(ctx, obj, batch, key)
+        timings.update(claim_ms=claim_ms, open_ms=open_ms)
         if late or claim.late:
             fields["late"] = True
         fields["attempts"] = claim.attempts
         step = "record"
         t = time.monotonic()
         recorded = state.record_terminal(ctx, key, fields, claim.update_time)
-        step = "finalize"
-        finalized = state.finalize_batch(ctx, batch)
         timings["record_ms"] = _ms(t)
+        step = "finalize"
+        t = time.monotonic()
+        finalized = state.finalize_batch(ctx, batch)
+        timings["finalize_ms"] = _ms(t)
         timings["total_ms"] = _ms(began)
         result = FileResult(
             key,

@@ -434,6 +434,16 @@ def pending_count(target: Any, batch: str) -> int:
     return _count(st.files_of(batch).where(filter=_eq("state", RECEIVED)))
 
 
+def has_pending(target: Any, batch: str) -> bool:
+    """Whether any file of the batch is not yet terminal: a keys-only query with limit 1.
+
+    Cheaper than a count while a batch is busy (it stops at the first hit); run after every file.
+    """
+    st = store(target)
+    query = st.files_of(batch).where(filter=_eq("state", RECEIVED)).select([]).limit(1)
+    return any(True for _ in query.stream())
+
+
 def batch_counts(target: Any, batch: str) -> dict[str, int]:
     """``{RECEIVED, ANONYMIZED, SKIPPED, FAILED, SENT, total}`` by aggregation queries (no doc reads)."""
     st = store(target)
@@ -472,10 +482,10 @@ def finalize_batch(target: Any, batch: str) -> str | None:
     st = store(target)
     ref = st.batch_ref(batch)
     for _ in range(_PRECONDITION_RETRIES):
+        if has_pending(st, batch):
+            return None  # the common case while a batch is busy: no batch read at all
         snap = ref.get()
         if not snap.exists:
-            return None
-        if pending_count(st, batch) > 0:
             return None
         data = snap.to_dict() or {}
         current = str(data.get("status") or QUEUE)
