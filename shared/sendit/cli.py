@@ -1,4 +1,4 @@
-"""The `sendit` command: anonymize | status | send | metrics | batch-id.
+"""The `sendit` command: anonymize | status | send | metrics.
 
 Each subcommand lives in the module that owns its logic; this file only wires argparse.
 """
