@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, UltrasoundImageStorage
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, UltrasoundImageStorage
 
 # Planted identifiers: strings that must never leave the staging side.
 PLANTED = {
@@ -137,7 +137,7 @@ def make_instance(spec: StudySpec, series_index: int, instance_index: int) -> Da
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return ds

@@ -10,6 +10,7 @@ subscription, as Eventarc would in the cloud. It writes ``stack.env`` (shell-sou
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -176,7 +177,7 @@ class LocalStack:
                     "--port",
                     str(port),
                 ],
-                ready=lambda port=port: _port_answers(port),
+                ready=functools.partial(_port_answers, port),
                 env=env,
                 log_path=self.workdir / "logs" / f"function-{name}.log",
             )
@@ -263,7 +264,6 @@ class LocalStack:
     ) -> None:
         from google.api_core.exceptions import AlreadyExists
         from google.cloud import pubsub_v1
-        from google.protobuf import duration_pb2
 
         sub_client = pubsub_v1.SubscriberClient()
         request: dict[str, Any] = {
@@ -271,8 +271,8 @@ class LocalStack:
             "topic": f"projects/{self.project}/topics/{self.topic(topic_role)}",
             "ack_deadline_seconds": 120,
             "retry_policy": {
-                "minimum_backoff": duration_pb2.Duration(seconds=1),
-                "maximum_backoff": duration_pb2.Duration(seconds=5),
+                "minimum_backoff": {"seconds": 1},
+                "maximum_backoff": {"seconds": 5},
             },
         }
         if push:
