@@ -38,6 +38,7 @@ from sendit.deid.outcome import Outcome, Pseudonyms
 from sendit.deid.plan import Context, elements, text_value
 from sendit.deid.recipe import FilterItem, Recipe, load_recipe
 from sendit.deid.row import build_row
+from sendit.deid.writer import file_meta_bytes, write_body
 
 if TYPE_CHECKING:
     from sendit.config import Settings
@@ -137,6 +138,7 @@ class Engine:
         self.pixel_cleaning = pixel_cleaning
         self.functions = dict(functions or {})
         self.defer_size = defer_size
+        self._version_name = f"SENDIT_{SOFTWARE_VERSION}"[:16]
         self.method = f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}; sha256:{self.recipe.sha256}"
         self._provenance_cache: dict[tuple[bool, bool, bool], tuple[RawDataElement, ...]] = {}
         # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, hash
@@ -223,9 +225,9 @@ class Engine:
             if reason:
                 raise Rejected("FAILED", reason)
         self.recipe.plan.apply(ds, ctx)
-        self._finish(ds, originals, cleaned=bool(cleaning))
-        written = self._write(ds, dst)
-        row = build_row(ds, self.method)
+        syntax = self._finish(ds, originals, cleaned=bool(cleaning))
+        written = self._write(ds, dst, syntax, fp)
+        row = build_row(ds, self.method, syntax)
         return Outcome(
             "ANONYMIZED",
             ids=Pseudonyms(
@@ -339,7 +341,8 @@ class Engine:
 
     # -- after the walk
 
-    def _finish(self, ds: Dataset, originals: _Originals, cleaned: bool) -> None:
+    def _finish(self, ds: Dataset, originals: _Originals, cleaned: bool) -> UID:
+        """Restore required UIDs, add the provenance elements; return the output transfer syntax."""
         uid = self.identity.uid
         for keyword, original in (
             ("SOPInstanceUID", originals.instance_uid),
@@ -348,20 +351,12 @@ class Engine:
         ):
             if original and not _text(ds.get(keyword)):
                 setattr(ds, keyword, uid(original))  # a recipe may remove them; an instance needs them
-        old_meta = ds.file_meta
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or old_meta.get("MediaStorageSOPClassUID")
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = UID(old_meta.get("TransferSyntaxUID") or _guess_syntax(ds))
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = f"SENDIT_{SOFTWARE_VERSION}"[:16]
-        ds.file_meta = meta
-        ds.preamble = b"\0" * 128
-
+        syntax = UID(ds.file_meta.get("TransferSyntaxUID") or _guess_syntax(ds))
         little = ds.original_encoding[1] is not False
         implicit = bool(ds.original_encoding[0])
         for element in self._provenance(implicit, little, cleaned):
             elements(ds)[element.tag] = element
+        return syntax
 
     def _provenance(self, implicit: bool, little: bool, cleaned: bool) -> tuple[RawDataElement, ...]:
         """The provenance elements, encoded once per dataset encoding (they are the same for every file)."""
@@ -378,10 +373,38 @@ class Engine:
             self._provenance_cache[key] = found
         return found
 
-    def _write(self, ds: Dataset, dst: IO[bytes]) -> int:
+    def _write(self, ds: Dataset, dst: IO[bytes], syntax: UID, source: IO[bytes]) -> int:
         start = dst.tell() if dst.seekable() else None
         try:
-            dcmwrite(dst, ds, enforce_file_format=True)
+            # converted (not read raw): a UN element gets its dictionary VR written, as with dcmwrite
+            class_uid = _text(ds.get("SOPClassUID")) or _text(ds.file_meta.get("MediaStorageSOPClassUID"))
+            instance_uid = text_value(ds, 0x00080018) or ""
+            public = not syntax.is_private and syntax.is_transfer_syntax
+            if (
+                public
+                and not syntax.is_deflated
+                and (syntax.is_implicit_VR, syntax.is_little_endian) == ds.original_encoding
+                and ds.original_character_set == ds._character_set
+            ):
+                # the usual case: written in the encoding it was read in, raw elements as they are
+                dst.write(
+                    file_meta_bytes(
+                        class_uid, instance_uid, syntax, PYDICOM_IMPLEMENTATION_UID, self._version_name
+                    )
+                )
+                write_body(
+                    dst, ds, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_compressed, source
+                )
+            else:  # another encoding or character set, or deflated: pydicom re-encodes
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = class_uid or None
+                meta.MediaStorageSOPInstanceUID = instance_uid or None
+                meta.TransferSyntaxUID = syntax
+                meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+                meta.ImplementationVersionName = self._version_name
+                ds.file_meta = meta
+                ds.preamble = b"\0" * 128
+                dcmwrite(dst, ds, enforce_file_format=True)
         except Exception as exc:
             if start is not None:  # nothing written on failure
                 dst.seek(start)

@@ -158,12 +158,16 @@ def header_json(ds: Dataset) -> dict[str, Any]:
     return out
 
 
-def build_row(ds: Dataset, deid_method: str) -> dict[str, Any]:
-    """The columns of ``sendit/schema/dicom.json`` the engine knows (delivery adds the rest)."""
+def build_row(ds: Dataset, deid_method: str, syntax: str | None = None) -> dict[str, Any]:
+    """The columns of ``sendit/schema/dicom.json`` the engine knows (delivery adds the rest).
+
+    ``syntax``: the transfer syntax the file was written with (default: the dataset's file meta).
+    """
     frames = _int(ds, "NumberOfFrames")
     if frames is None and any(t in elements(ds) for t in _PIXEL_TAGS):
         frames = 1
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None:
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     return {
         "instance_uid": _text(ds, "SOPInstanceUID"),
         "series_uid": _text(ds, "SeriesInstanceUID"),
