@@ -37,7 +37,7 @@ from sendit.deid.identity import (
 from sendit.deid.outcome import Outcome, Pseudonyms
 from sendit.deid.plan import Context, elements, text_value
 from sendit.deid.recipe import FilterItem, Recipe, load_recipe
-from sendit.deid.row import build_row
+from sendit.deid.row import build_row, header_json
 from sendit.deid.writer import file_meta_bytes, write_body
 
 if TYPE_CHECKING:
@@ -112,6 +112,12 @@ class _Originals:
     instance_uid: str
 
 
+@dataclass(frozen=True)
+class _Provenance:
+    elements: tuple[RawDataElement, ...]
+    json: dict[int, tuple[Any, dict[str, Any]]]  # for build_row: tag -> (element, its header JSON)
+
+
 class Engine:
     """De-identifies one DICOM file per ``process`` call with one compiled recipe."""
 
@@ -140,7 +146,8 @@ class Engine:
         self.defer_size = defer_size
         self._version_name = f"SENDIT_{SOFTWARE_VERSION}"[:16]
         self.method = f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}; sha256:{self.recipe.sha256}"
-        self._provenance_cache: dict[tuple[bool, bool, bool], tuple[RawDataElement, ...]] = {}
+        # provenance elements and their header JSON, made once per encoding (the same for every file)
+        self._provenance_cache: dict[tuple[bool, bool, bool], _Provenance] = {}
         # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, hash
         self.method_values = [
             f"sendit {SOFTWARE_VERSION}"[:64],
@@ -225,9 +232,9 @@ class Engine:
             if reason:
                 raise Rejected("FAILED", reason)
         self.recipe.plan.apply(ds, ctx)
-        syntax = self._finish(ds, originals, cleaned=bool(cleaning))
+        syntax, provenance = self._finish(ds, originals, cleaned=bool(cleaning))
         written = self._write(ds, dst, syntax, fp)
-        row = build_row(ds, self.method, syntax)
+        row = build_row(ds, self.method, syntax, provenance.json)
         return Outcome(
             "ANONYMIZED",
             ids=Pseudonyms(
@@ -341,44 +348,49 @@ class Engine:
 
     # -- after the walk
 
-    def _finish(self, ds: Dataset, originals: _Originals, cleaned: bool) -> UID:
+    def _finish(self, ds: Dataset, originals: _Originals, cleaned: bool) -> tuple[UID, _Provenance]:
         """Restore required UIDs, add the provenance elements; return the output transfer syntax."""
         uid = self.identity.uid
-        for keyword, original in (
-            ("SOPInstanceUID", originals.instance_uid),
-            ("StudyInstanceUID", originals.study_uid),
-            ("SeriesInstanceUID", originals.series_uid),
+        for keyword, tag, original in (
+            ("SOPInstanceUID", 0x00080018, originals.instance_uid),
+            ("StudyInstanceUID", 0x0020000D, originals.study_uid),
+            ("SeriesInstanceUID", 0x0020000E, originals.series_uid),
         ):
-            if original and not _text(ds.get(keyword)):
+            if original and not _uid_text(ds, tag):
                 setattr(ds, keyword, uid(original))  # a recipe may remove them; an instance needs them
         syntax = UID(ds.file_meta.get("TransferSyntaxUID") or _guess_syntax(ds))
         little = ds.original_encoding[1] is not False
         implicit = bool(ds.original_encoding[0])
-        for element in self._provenance(implicit, little, cleaned):
+        provenance = self._provenance(implicit, little, cleaned)
+        for element in provenance.elements:
             elements(ds)[element.tag] = element
-        return syntax
+        return syntax, provenance
 
-    def _provenance(self, implicit: bool, little: bool, cleaned: bool) -> tuple[RawDataElement, ...]:
+    def _provenance(self, implicit: bool, little: bool, cleaned: bool) -> _Provenance:
         """The provenance elements, encoded once per dataset encoding (they are the same for every file)."""
         key = (implicit, little, cleaned)
         found = self._provenance_cache.get(key)
         if found is None:
-            found = _encode_provenance(
+            encoded = _encode_provenance(
                 self.method_values,
                 list(self.recipe.codes) + (["113101"] if cleaned else []),
                 self.recipe.temporal,
                 implicit,
                 little,
             )
+            holder = Dataset()
+            for element in encoded:
+                elements(holder)[element.tag] = element
+            json = header_json(holder)
+            found = _Provenance(encoded, {e.tag: (e, json[f"{e.tag:08X}"]) for e in encoded})
             self._provenance_cache[key] = found
         return found
 
     def _write(self, ds: Dataset, dst: IO[bytes], syntax: UID, source: IO[bytes]) -> int:
         start = dst.tell() if dst.seekable() else None
         try:
-            # converted (not read raw): a UN element gets its dictionary VR written, as with dcmwrite
-            class_uid = _text(ds.get("SOPClassUID")) or _text(ds.file_meta.get("MediaStorageSOPClassUID"))
-            instance_uid = text_value(ds, 0x00080018) or ""
+            class_uid = _uid_text(ds, 0x00080016) or _text(ds.file_meta.get("MediaStorageSOPClassUID"))
+            instance_uid = _uid_text(ds, 0x00080018)
             public = not syntax.is_private and syntax.is_transfer_syntax
             if (
                 public
@@ -420,6 +432,14 @@ def _text(value: Any) -> str:
     if value is None:
         return ""
     return str(value).strip(" \x00")
+
+
+def _uid_text(ds: Dataset, tag: int) -> str:
+    """A top-level UID's text, read raw; a UN element is converted (so its dictionary VR is written)."""
+    raw = elements(ds).get(tag)
+    if isinstance(raw, RawDataElement) and raw.VR == "UN":
+        return _text(ds[tag].value)
+    return text_value(ds, tag) or ""
 
 
 def _label(item: FilterItem) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from sendit.deid.plan import elements, text_value
 
@@ -126,16 +129,49 @@ def _key(tag: int) -> str:
     return key
 
 
-def header_json(ds: Dataset) -> dict[str, Any]:
+_INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
+_FLOAT_VRS = frozenset({"FL", "FD"})
+_STR_VRS = _TEXT_VRS | _UNSPLIT_VRS
+
+
+def _element_json(element: DataElement) -> dict[str, Any]:
+    """``element.to_json_dict`` for the plain values a converted element usually has, else pydicom's."""
+    vr = element.VR
+    value = element.value
+    if vr in _INT_VRS or vr in _FLOAT_VRS or vr in _STR_VRS:
+        many = isinstance(value, (list, MultiValue))
+        values = list(value) if many else [] if value is None else [value]
+        if vr in _STR_VRS:
+            if not many and value == "":
+                values = []
+            if all(type(v) is str or isinstance(v, UID) for v in values):
+                return {"vr": vr, "Value": values} if values else {"vr": vr}
+        elif all(type(v) is int or type(v) is float for v in values):
+            number = int if vr in _INT_VRS else float
+            return {"vr": vr, "Value": [number(v) for v in values]} if values else {"vr": vr}
+    return element.to_json_dict(None, BULK_THRESHOLD)
+
+
+Precomputed = Mapping[int, tuple[Any, dict[str, Any]]]
+
+
+def header_json(ds: Dataset, known: Precomputed | None = None) -> dict[str, Any]:
     """The DICOM JSON model (PS3.18 F) of ``ds`` without pixel data and bulk binary values.
 
     Elements the engine did not touch are still raw: their JSON is made from the bytes, without
-    pydicom's value conversion (the costliest part of building the row otherwise).
+    pydicom's value conversion (the costliest part of building the row otherwise). ``known``: JSON
+    already made for some top-level elements (tag -> (element, JSON)), used when ``ds`` holds that
+    very element object (the engine's provenance elements, the same for every file).
     """
     out: dict[str, Any] = {}
     for tag, raw in elements(ds).items():  # look before decoding (deferred pixel data)
         if tag in _PIXEL_TAGS:
             continue
+        if known is not None:
+            found = known.get(tag)
+            if found is not None and found[0] is raw:
+                out[_key(tag)] = found[1]
+                continue
         if raw.VR in BINARY_VRS:
             length = raw.length if isinstance(raw, RawDataElement) else len(raw.value or b"")
             if length >= BULK_THRESHOLD:
@@ -152,16 +188,19 @@ def header_json(ds: Dataset) -> dict[str, Any]:
         if element.VR in BINARY_VRS and element.value is not None and len(element.value) >= BULK_THRESHOLD:
             continue
         try:
-            out[_key(tag)] = element.to_json_dict(None, BULK_THRESHOLD)
+            out[_key(tag)] = _element_json(element)
         except Exception:
             out[_key(tag)] = {"vr": element.VR}  # a value JSON cannot carry: keep the attribute only
     return out
 
 
-def build_row(ds: Dataset, deid_method: str, syntax: str | None = None) -> dict[str, Any]:
+def build_row(
+    ds: Dataset, deid_method: str, syntax: str | None = None, known: Precomputed | None = None
+) -> dict[str, Any]:
     """The columns of ``sendit/schema/dicom.json`` the engine knows (delivery adds the rest).
 
-    ``syntax``: the transfer syntax the file was written with (default: the dataset's file meta).
+    ``syntax``: the transfer syntax the file was written with (default: the dataset's file meta);
+    ``known``: see ``header_json``.
     """
     frames = _int(ds, "NumberOfFrames")
     if frames is None and any(t in elements(ds) for t in _PIXEL_TAGS):
@@ -192,5 +231,5 @@ def build_row(ds: Dataset, deid_method: str, syntax: str | None = None) -> dict[
         "slice_thickness": _float(ds, "SliceThickness"),
         "transfer_syntax": str(syntax) if syntax else None,
         "deid_method": deid_method,
-        "header": json.dumps(header_json(ds), separators=(",", ":"), ensure_ascii=False),
+        "header": json.dumps(header_json(ds, known), separators=(",", ":"), ensure_ascii=False),
     }
