@@ -172,15 +172,21 @@ def _streamable(tag: int, vr: str | None, implicit: bool) -> bool:
 def _stream(source: IO[bytes], offset: int, length: int, dst: IO[bytes]) -> None:
     """Copy ``length`` bytes at ``offset`` of the source to the output, one chunk at a time."""
     source.seek(offset)
+    readinto = getattr(source, "readinto", None)
     buffer = bytearray(min(length, _CHUNK))
     view = memoryview(buffer)
     remaining = length
     while remaining:
         want = min(remaining, len(buffer))
-        got = source.readinto(view[:want])  # type: ignore[attr-defined]
+        if readinto is not None:
+            got = readinto(view[:want])
+            chunk: Any = view[:got] if got else b""
+        else:
+            chunk = source.read(want)
+            got = len(chunk)
         if not got:
             raise EOFError("deferred value runs past the end of the file")
-        dst.write(view[:got])
+        dst.write(chunk)
         remaining -= got
 
 
