@@ -409,8 +409,8 @@ class Engine:
                 )
             else:  # another encoding or character set, or deflated: pydicom re-encodes
                 meta = FileMetaDataset()
-                meta.MediaStorageSOPClassUID = class_uid or None
-                meta.MediaStorageSOPInstanceUID = instance_uid or None
+                meta.MediaStorageSOPClassUID = UID(class_uid)  # empty: dcmwrite refuses it
+                meta.MediaStorageSOPInstanceUID = UID(instance_uid)
                 meta.TransferSyntaxUID = syntax
                 meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
                 meta.ImplementationVersionName = self._version_name

@@ -22,6 +22,8 @@ from pydicom.filebase import DicomIO
 from pydicom.filewriter import write_data_element
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from sendit.deid.plan import elements
+
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 # binary values that pydicom's conversion would hand back byte for byte: safe to stream unconverted
 # (not UN: converting it may replace the VR with the dictionary's, and pydicom does not pad it)
@@ -94,7 +96,7 @@ def write_body(
     tag_pack = struct.Struct(end + "HH").pack
     short_pack = struct.Struct(end + "H").pack
     long_pack = struct.Struct(end + "L").pack
-    items: dict[int, Any] = ds._dict
+    items = elements(ds)
     wrapped: DicomIO | None = None
     charset: Any = None
 
@@ -113,7 +115,7 @@ def write_body(
                     padded = length + (length & 1)
                     out.pending += tag_pack(tag >> 16, tag & 0xFFFF)
                     if not implicit:
-                        out.pending += vr.encode("ascii") + b"\x00\x00"  # binary VRs: 32-bit length
+                        out.pending += str(vr).encode("ascii") + b"\x00\x00"  # binary VRs: 32-bit length
                     out.pending += long_pack(padded)
                     out.flush()
                     _stream(source, elem.value_tell, length, dst)
