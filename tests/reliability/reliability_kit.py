@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -156,7 +157,12 @@ class Rel:
                 return docs
             return None
 
-        return wait_for(done, timeout, 1.0, f"{count} terminal files in batch {batch}")
+        try:
+            return wait_for(done, timeout, 1.0, f"{count} terminal files in batch {batch}")
+        except AssertionError as exc:
+            docs = self.files(batch)
+            seen = Counter(f"{d.get('state')}:{d.get('reason')}:{d.get('attempts')}" for d in docs)
+            raise AssertionError(f"{exc}; {len(docs)} documents: {dict(seen)}") from None
 
     def wait_batch(self, batch: str, statuses: set[str], timeout: float) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
@@ -185,7 +191,7 @@ class Rel:
             return code, None
 
     # ---------------------------------------------------------------- notifications
-    def publish_notification(self, up: Uploaded, copies: int = 1) -> None:
+    def publish_notification(self, up: Uploaded, copies: int = 1) -> list[str]:
         """Publish the OBJECT_FINALIZE notification of ``up`` again (what a duplicate delivery looks like)."""
         resource = {
             "kind": "storage#object",
@@ -209,8 +215,7 @@ class Rel:
         futures = [
             publisher.publish(topic, json.dumps(resource).encode(), **attributes) for _ in range(copies)
         ]
-        for future in futures:
-            future.result(timeout=30)
+        return [str(future.result(timeout=30)) for future in futures]
 
 
 def b64(data: bytes) -> str:
