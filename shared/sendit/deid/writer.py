@@ -4,8 +4,9 @@ pydicom's ``dcmwrite`` deep-copies the file meta, encodes every element through 
 extra copies of each value, pixel data included) and loads deferred values into memory before writing
 them. The engine's output is always written in the dataset's own encoding, so most elements are still
 raw bytes read from the source: this writer emits their header and bytes directly, streams deferred
-binary values (large pixel data) from the source file to the output in chunks, and hands everything
-else (converted elements, sequences, undefined lengths) to pydicom's own ``write_data_element``.
+binary values (large pixel data, native or encapsulated) from the source file to the output in chunks,
+and hands everything else (converted elements, sequences, other undefined lengths) to pydicom's own
+``write_data_element``.
 
 Whenever the output encoding or character set differs from the source's, or the dataset is deflated,
 the engine uses ``dcmwrite`` unchanged (see ``Engine._write``).
@@ -104,6 +105,26 @@ def write_body(
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group length: pydicom does not write it either
         elem = items[tag]
+        if (
+            tag == 0x7FE00010
+            and compressed
+            and source is not None
+            and not implicit
+            and isinstance(elem, RawDataElement)
+            and elem.value is None
+            and elem.length == _UNDEFINED
+            and elem.VR in ("OB", "OW")
+        ):  # deferred encapsulated pixel data: its items are copied from the source, not loaded
+            size = _encapsulated_size(source, elem.value_tell, end)
+            if size is not None:
+                out.pending += tag_pack(0x7FE0, 0x0010) + elem.VR.encode("ascii") + b"\x00\x00"
+                out.pending += long_pack(_UNDEFINED)
+                out.flush()
+                _stream(source, elem.value_tell, size, dst)
+                if size & 1:
+                    dst.write(b"\x00")  # as pydicom's OB writer
+                dst.write(tag_pack(0xFFFE, 0xE0DD) + long_pack(0))  # sequence delimiter
+                continue
         if isinstance(elem, RawDataElement) and _direct(elem, tag, compressed):
             value = elem.value
             vr = elem.VR
@@ -169,6 +190,29 @@ def _streamable(tag: int, vr: str | None, implicit: bool) -> bool:
     if implicit:
         return tag in _PIXEL_TAGS  # no VR in the file: only the pixel data are known to be binary
     return vr in _STREAM_VRS
+
+
+def _encapsulated_size(source: IO[bytes], offset: int, end: str) -> int | None:
+    """Bytes of encapsulated pixel data items at ``offset`` up to their sequence delimiter.
+
+    Reads only the 8-byte item headers. None when the value is not a run of defined-length items
+    closed by a delimiter (pydicom's own reading then decides what is written).
+    """
+    header = struct.Struct(end + "HHL")
+    position = offset
+    while True:
+        source.seek(position)
+        data = source.read(8)
+        if len(data) < 8:
+            return None
+        group, element, length = header.unpack(data)
+        if group != 0xFFFE:
+            return None
+        if element == 0xE0DD:
+            return position - offset if length == 0 else None
+        if element != 0xE000 or length == _UNDEFINED:
+            return None
+        position += 8 + length
 
 
 def _stream(source: IO[bytes], offset: int, length: int, dst: IO[bytes]) -> None:
