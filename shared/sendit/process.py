@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,35 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 120.0  # a claim older than this may be taken over (the claimer is presumed dead)
 DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+
+
+class _InFlight:
+    """Files this instance is processing, per batch.
+
+    A file that turns terminal while another file of its batch is still in flight here skips the finalize
+    check: that other file runs it when it finishes (after this file's state is recorded). Only the last
+    file of a burst queries Firestore; correctness never depends on it (two checks are harmless).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, set[str]] = {}
+
+    def add(self, batch: str, key: str) -> None:
+        with self._lock:
+            self._files.setdefault(batch, set()).add(key)
+
+    def remove_and_others(self, batch: str, key: str) -> bool:
+        """Forget ``key``; return whether other files of ``batch`` are still in flight here."""
+        with self._lock:
+            keys = self._files.get(batch, set())
+            keys.discard(key)
+            if not keys:
+                self._files.pop(batch, None)
+            return bool(keys)
+
+
+_in_flight = _InFlight()
 
 
 class RetryableError(RuntimeError):
@@ -162,6 +192,7 @@ def process_object(
             return FileResult(key, batch, "gave_up", state=state.FAILED, reason=reason)
 
         claim_ms = _ms(t)
+        _in_flight.add(batch, key)
         step = "open batch"
         t = time.monotonic()
         _, late = state.open_batch(ctx, batch, obj.bucket, folder)
@@ -178,7 +209,8 @@ def process_object(
         timings["record_ms"] = _ms(t)
         step = "finalize"
         t = time.monotonic()
-        finalized = state.finalize_batch(ctx, batch)
+        others = _in_flight.remove_and_others(batch, key)
+        finalized = None if others else state.finalize_batch(ctx, batch)
         timings["finalize_ms"] = _ms(t)
         timings["total_ms"] = _ms(began)
         result = FileResult(
@@ -195,6 +227,8 @@ def process_object(
     except RetryableError:
         raise
     except Exception as exc:
+        if claim is not None:
+            _in_flight.remove_and_others(batch, key)
         transient = is_transient(exc)
         if claim is not None and claim.kind == "claimed" and not recorded:
             _release(ctx, key, claim.update_time)
