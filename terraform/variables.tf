@@ -138,6 +138,7 @@ variable "settings" {
     pixel_cleaning      = optional(bool, false)
     delivery_layout     = optional(string, "instance")
     cleanup             = optional(string, "after-send")
+    lease_seconds       = optional(number, 60)
   })
   nullable = false
   default  = {}
@@ -152,6 +153,12 @@ variable "settings" {
   validation {
     condition     = var.settings.date_shift_max_days >= 1
     error_message = "settings.date_shift_max_days must be at least 1."
+  }
+  validation {
+    # The claim lease must free before Pub/Sub's retries run out (10 s + 20 s + 40 s + 80 s with the
+    # subscription's 10..600 s backoff), or a file whose instance died is dead-lettered instead of retried.
+    condition     = var.settings.lease_seconds >= 5 && var.settings.lease_seconds <= 120
+    error_message = "settings.lease_seconds must be between 5 and 120 (shorter than the Pub/Sub retry window)."
   }
 }
 

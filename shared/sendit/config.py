@@ -69,6 +69,11 @@ class Settings:
     delivery_layout: str = "instance"  # SENDIT_DELIVERY_LAYOUT: instance | tar
     cleanup: str = "after-send"  # SENDIT_CLEANUP: after-send | never
     max_attempts: int = 5  # SENDIT_MAX_ATTEMPTS (then FAILED, message acked)
+    # SENDIT_LEASE_SECONDS: a claim older than this is presumed dead and may be taken over. Keep it
+    # shorter than the Pub/Sub retry window (backoffs over max deliveries), or a file whose instance died
+    # is dead-lettered before its lease frees; a lease shorter than a file's processing time only costs a
+    # duplicate run (outputs are deterministic, the terminal write is preconditioned).
+    lease_seconds: int = 60
     firestore_database: str = "(default)"  # SENDIT_FIRESTORE_DATABASE
     batches_collection: str = "batches"  # SENDIT_BATCHES_COLLECTION
     files_collection: str = "files"  # SENDIT_FILES_COLLECTION
@@ -93,7 +98,8 @@ class Settings:
             try:
                 return parse(raw)
             except ValueError as exc:
-                problems.append(f"{name}: {exc}")
+                # Our own parsers say what they expect; int()'s message would quote the value.
+                problems.append(f"{name}: {exc if parse is not int else 'expected a whole number'}")
                 return default
 
         project = need("GOOGLE_CLOUD_PROJECT")
@@ -126,6 +132,11 @@ class Settings:
         attempts = conv("SENDIT_MAX_ATTEMPTS", 5, int)
         if attempts < 1:
             problems.append("SENDIT_MAX_ATTEMPTS: must be at least 1")
+        lease = conv("SENDIT_LEASE_SECONDS", 60, int)
+        if lease < 5:
+            problems.append("SENDIT_LEASE_SECONDS: must be at least 5")
+        pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
+        modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
 
         if missing or problems:
             parts = []
@@ -145,14 +156,15 @@ class Settings:
             secret_key=key.strip().encode("utf-8"),
             collection=source.get("SENDIT_COLLECTION", "").strip() or "sendit",
             recipe_path=source.get("SENDIT_RECIPE") or None,
-            allowed_modalities=conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv),
+            allowed_modalities=modalities,
             date_shift_max_days=shift,
             identity_provider=identity,
             identity_url=identity_url,
-            pixel_cleaning=conv("SENDIT_PIXEL_CLEANING", False, _flag),
+            pixel_cleaning=pixel_cleaning,
             delivery_layout=layout,
             cleanup=cleanup,
             max_attempts=attempts,
+            lease_seconds=lease,
             firestore_database=source.get("SENDIT_FIRESTORE_DATABASE", "").strip() or "(default)",
             batches_collection=topology()["firestore"]["batches"],
             files_collection=topology()["firestore"]["files"],

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120.0  # a claim older than this may be taken over (the claimer is presumed dead)
 DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 
@@ -146,7 +145,7 @@ def process_object(
     ctx: Context,
     obj: ObjectFinalized,
     *,
-    lease_seconds: float = LEASE_SECONDS,
+    lease_seconds: float | None = None,
     now: datetime | None = None,
 ) -> FileResult:
     """Claim, de-identify, write and record one staging object (idempotent per bucket/name/generation)."""
@@ -173,7 +172,7 @@ def process_object(
             obj,
             batch,
             max_attempts=settings.max_attempts,
-            lease_seconds=lease_seconds,
+            lease_seconds=settings.lease_seconds if lease_seconds is None else lease_seconds,
             now=now,
         )
         if claim.kind == "duplicate":

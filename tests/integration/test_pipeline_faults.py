@@ -113,7 +113,7 @@ def test_held_lease_is_retryable_and_expired_lease_is_reclaimed(
     assert batch_name not in str(info.value) and obj.name not in str(info.value)
     assert _file(ctx, obj)["attempts"] == 1
 
-    later = datetime.now(UTC) + timedelta(seconds=process.LEASE_SECONDS + 1)
+    later = datetime.now(UTC) + timedelta(seconds=ctx.settings.lease_seconds + 1)
     result = process.process_object(ctx, obj, now=later)
     assert result.state == state.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
 

@@ -28,6 +28,10 @@ LOCAL_PROJECT = "sendit-local"
 # A development key for the local stack only; the cloud reads SENDIT_SECRET_KEY from Secret Manager.
 LOCAL_DEV_KEY = "local-development-key-not-a-secret"
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# Local retry timing: backoff 1..10 s over 5 deliveries spans about 25 s, longer than the local claim
+# lease, so a file whose function process died is re-claimed, not dead-lettered (the cloud: 10..600 s, 60 s).
+LOCAL_MAX_BACKOFF = 10
+LOCAL_LEASE_SECONDS = 8
 
 
 @dataclass
@@ -93,6 +97,7 @@ class LocalStack:
             SENDIT_DELIVER_TOPIC=self.topic("deliver"),
             SENDIT_UPLOAD_TOPIC=self.topic("uploads"),
             SENDIT_SECRET_KEY=os.environ.get("SENDIT_SECRET_KEY") or LOCAL_DEV_KEY,
+            SENDIT_LEASE_SECONDS=str(LOCAL_LEASE_SECONDS),
         )
         env.update(self.function_env)
         return env
@@ -272,7 +277,7 @@ class LocalStack:
             "ack_deadline_seconds": 120,
             "retry_policy": {
                 "minimum_backoff": {"seconds": 1},
-                "maximum_backoff": {"seconds": 5},
+                "maximum_backoff": {"seconds": LOCAL_MAX_BACKOFF},
             },
         }
         if push:
