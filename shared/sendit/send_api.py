@@ -103,7 +103,18 @@ def handle(ctx: Context, request: Request) -> Response:
         named = parse_body(request.get_data(cache=False))
     except BadRequest as exc:
         return error(exc.status, str(exc))
-    return send(ctx, named)
+    try:
+        return send(ctx, named)
+    except Exception as exc:  # the state store is down or slow: a JSON answer, never an HTML 500
+        from sendit.process import is_transient
+
+        log.error("send: state store error", extra={"error": type(exc).__name__})
+        if not is_transient(exc):
+            raise
+        return error(
+            503,
+            "batch state is unavailable right now; try again (a repeated send never queues a batch twice)",
+        )
 
 
 def send(ctx: Context, named: list[str] | None) -> Response:

@@ -254,6 +254,13 @@ def handle(ctx: Context, request: Request) -> Response:
         return json_response(batch)
     except NotFound:
         return _error(404, "unknown batch")
+    except Exception as exc:  # the state store is down or slow: a JSON answer, never an HTML 500
+        from sendit.process import is_transient
+
+        log.error("status: state store error", extra={"error": type(exc).__name__})
+        if not is_transient(exc):
+            raise
+        return _error(503, "batch state is unavailable right now; try again")
 
 
 def _refresh(request: Request) -> int:
