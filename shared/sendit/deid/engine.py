@@ -274,6 +274,8 @@ class Engine:
             raise Rejected("FAILED", f"unreadable DICOM ({type(exc).__name__})") from exc
         if len(ds) == 0:
             raise Rejected("FAILED", "truncated DICOM" if magic else "not DICOM")
+        if _last_value_cut(ds):
+            raise Rejected("FAILED", "truncated DICOM")
         return ds
 
     def _check(self, ds: Dataset, size: int | None) -> _Originals:
@@ -308,7 +310,7 @@ class Engine:
     def _check_pixels(self, ds: Dataset, size: int | None) -> None:
         pixel_tag = next((t for t in PIXEL_TAGS if t in elements(ds)), None)
         if pixel_tag is None:
-            if "Rows" in ds and "Columns" in ds:
+            if ("Rows" in ds and "Columns" in ds) or _is_image_storage(ds):
                 raise Rejected("FAILED", "missing pixel data")
             return
         raw = elements(ds)[pixel_tag]
@@ -514,3 +516,25 @@ def _guess_syntax(ds: Dataset) -> str:
     if ds.original_encoding[0]:
         return ImplicitVRLittleEndian
     return ExplicitVRLittleEndian if ds.original_encoding[1] else ExplicitVRBigEndian
+
+
+def _last_value_cut(ds: Dataset) -> bool:
+    """pydicom reads a file cut inside an element value without complaint: the last value comes out
+    short. A raw element whose bytes are fewer than its declared length means the file was truncated."""
+    store = elements(ds)
+    if not store:
+        return False
+    last = next(reversed(store.values()))
+    if not isinstance(last, RawDataElement) or last.value is None:
+        return False  # deferred values are checked against the file size
+    length = last.length
+    return length != 0xFFFFFFFF and len(last.value) < length
+
+
+def _is_image_storage(ds: Dataset) -> bool:
+    """An image SOP class (CT/MR/... Image Storage) must carry pixel data: without it the file is cut."""
+    try:
+        sop_class = UID(text_value(ds, 0x00080016) or "")
+    except Exception:
+        return False
+    return sop_class.is_valid and "Image Storage" in sop_class.name
