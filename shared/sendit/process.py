@@ -291,9 +291,18 @@ def _deidentify(
 
 
 def _heal(ctx: Context, batch: str) -> None:
-    """After a duplicate: finish a batch left open by a crash between 'recorded' and 'finalized'."""
+    """After a duplicate: finish a batch left open by a crash between 'recorded' and 'finalized'.
+
+    A DONEPROCESSING/EMPTY batch is re-finalized too: a concurrent file's finalize may have written the
+    counts of all files but the crashed one, and only this redelivery is left to correct them.
+    """
     current = state.get_batch(ctx, batch)
-    if current is not None and current.get("status") in (state.QUEUE, state.PROCESSING):
+    if current is not None and current.get("status") in (
+        state.QUEUE,
+        state.PROCESSING,
+        state.DONEPROCESSING,
+        state.EMPTY,
+    ):
         state.finalize_batch(ctx, batch)
 
 

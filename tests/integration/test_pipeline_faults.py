@@ -249,3 +249,31 @@ def test_poison_notification_is_dead_lettered_and_recorded(
     (failed,) = files_of(clients, batch)
     assert failed["state"] == state.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
     assert doc["has_error"] is True
+
+
+def test_duplicate_after_crash_before_finalize_corrects_stale_counts(
+    ctx: Context, batch_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A racing finalize wrote DONEPROCESSING with the counts of all files but one, and the instance of
+    that last file died between its terminal write and its own finalize: the redelivery fixes the counts."""
+    first = _put(ctx, tmp_path / "a", batch_name, "a.dcm", study_index=11)
+    second = _put(ctx, tmp_path / "b", batch_name, "b.dcm", study_index=12)
+    batch = _batch(ctx, batch_name)
+    assert process.process_object(ctx, first).state == state.ANONYMIZED
+
+    def crash(*args: Any, **kwargs: Any) -> str:
+        raise Crash()
+
+    monkeypatch.setattr(state, "finalize_batch", crash)
+    with pytest.raises(Crash):
+        process.process_object(ctx, second)
+    monkeypatch.undo()
+    assert _file(ctx, second)["state"] == state.ANONYMIZED
+    # What the racing finalize of the first file left behind: done, but counting one file.
+    state.store(ctx).batch_ref(batch).update(
+        {"status": state.DONEPROCESSING, "counts": {**state.batch_counts(ctx, batch), state.ANONYMIZED: 1}}
+    )
+
+    assert process.process_object(ctx, second).claim == "duplicate"
+    healed = state.get_batch(ctx, batch)
+    assert healed["status"] == state.DONEPROCESSING and healed["counts"][state.ANONYMIZED] == 2
