@@ -187,12 +187,6 @@ def test_worker_killed_mid_file_every_file_accounted_for_once(
     wait_for(settled, 30, 0.5, "the batch to count every file")
 
 
-@pytest.mark.skipif(
-    os.environ.get("SENDIT_RELIABILITY_KILL_STRICT") != "1",
-    reason="opt-in (SENDIT_RELIABILITY_KILL_STRICT=1), fails whenever a file was in flight at the kill: "
-    "process.py keeps its lease for LEASE_SECONDS (120 s), every redelivery inside the lease is 'busy' "
-    "and counts as a failed delivery, so the message is dead-lettered and a valid file ends FAILED",
-)
 def test_worker_killed_mid_file_the_file_in_flight_is_anonymized_on_redelivery(
     worker_killed: tuple[Rel, str, list[dict[str, Any]]],
 ) -> None:
