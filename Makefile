@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down test test-fast demo bench lint fmt clean
+.PHONY: install up down test demo bench bench-load lint typecheck fmt clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,12 +27,16 @@ test: install ## the whole suite; it starts and stops its own emulators
 demo: install ## the main job end to end on sample DICOM on the local stack
 	$(BIN)/python -m sendit.local demo
 
-bench: install ## benchmarks (not tests): ratios measured side by side in one run
-	$(BIN)/python -m bench
+bench: install ## benchmarks (not tests): engine vs plain pydicom, pipeline files/s and overhead
+	$(BIN)/python -m bench deid pipeline
 
-lint: install
+bench-load: install ## the long load run: SENDIT_LOAD_FILES (default 10000) files in 20 batches
+	$(BIN)/python -m bench load
+
+lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared/sendit functions
 
 fmt: install
 	$(BIN)/ruff format .

@@ -13,7 +13,6 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import requests
 from dicom_factory import PLANTED, StudySpec, write_study
 from google.cloud import bigquery
+from polling import wait_for as wait_for  # re-exported: the e2e tests call kit.wait_for
 
 from sendit.deid.identity import keyed_digest
 from sendit.runtime import Context
@@ -188,20 +188,6 @@ def planted_in(data: bytes | str) -> list[str]:
 
 def rows_text(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, default=str)
-
-
-def wait_for(
-    check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25, what: str = ""
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or check}; last: {last!r}")
 
 
 def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from polling import wait_for as wait_for  # re-exported for the tests that import it from here
 
 from sendit import state
 from sendit.deid.identity import keyed_digest
@@ -26,18 +26,6 @@ def upload_tree(clients: Any, bucket: str, root: Path, prefix: str = "") -> list
     return names
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    """Poll until predicate() is truthy; fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
 def wait_batch(
     clients: Any, batch: str, statuses: set[str], total: int, timeout: float = 60
 ) -> dict[str, Any]:
@@ -50,7 +38,7 @@ def wait_batch(
         counts = doc.get("counts") or {}
         return doc if counts.get("total") == total and counts.get("RECEIVED") == 0 else None
 
-    return wait_for(done, timeout, f"batch {batch} in {sorted(statuses)} with {total} files")
+    return wait_for(done, timeout, what=f"batch {batch} in {sorted(statuses)} with {total} files")
 
 
 def files_of(clients: Any, batch: str) -> list[dict[str, Any]]:

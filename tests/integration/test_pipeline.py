@@ -166,7 +166,7 @@ def test_same_notification_three_times_gives_one_clean_file_and_one_state(
         lines = [json.loads(x) for x in log_path.read_text().splitlines() if key in x and x.startswith("{")]
         return sum(1 for entry in lines if entry.get("message", "").startswith("duplicate"))
 
-    wait_for(lambda: duplicates() >= 3, 30, "three duplicate deliveries acked")
+    wait_for(lambda: duplicates() >= 3, 30, what="three duplicate deliveries acked")
     (doc,) = files_of(clients, batch)
     assert doc["key"] == key and doc["state"] == state.ANONYMIZED and doc["attempts"] == 1
     assert len(clean_objects(clients, settings.processing_bucket, batch)) == 1

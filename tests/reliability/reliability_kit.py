@@ -16,11 +16,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from polling import wait_for as wait_for  # re-exported for the tests that import it from here
 
 from sendit.local.samples import PLANTED
 
@@ -62,18 +64,6 @@ def http(
         code = exc.code
     remember(f"HTTP {method} {code}", payload.decode("utf-8", "replace"))
     return code, payload
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def pid_alive(pid: int) -> bool:
