@@ -21,7 +21,7 @@ up: install ## start the local stack in the background; writes .local/stack.env
 down: ## stop every process the local stack started
 	@test -x $(BIN)/python && $(BIN)/python -m sendit.local down || true
 
-test: install ## the whole suite; it starts and stops its own emulators
+test: install lint ## lint, types, then the whole suite; it starts and stops its own emulators
 	$(BIN)/python -m pytest
 
 demo: install ## the main job end to end on sample DICOM on the local stack

@@ -453,8 +453,8 @@ def batch_counts(target: Any, batch: str) -> dict[str, int]:
 
 
 def _size_sum(st: Store, batch: str) -> int:
-    result = st.files_of(batch).sum("size", alias="s").get()
-    for row in result:
+    query: Any = st.files_of(batch).sum("size", alias="s")
+    for row in query.get():
         for agg in row:
             return int(agg.value or 0)
     return 0

@@ -11,6 +11,7 @@ of hundreds of MB never holds it in memory.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -24,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.tag import BaseTag
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -79,7 +81,7 @@ def instance_bytes(
         pixels = np.frombuffer(ds.PixelData, dtype="<i2").astype(">i2")
         ds.PixelData = pixels.tobytes()
     if syntax:
-        ds.file_meta.TransferSyntaxUID = syntax
+        ds.file_meta.TransferSyntaxUID = UID(syntax)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -186,6 +188,10 @@ def _wrong_vr_rows() -> bytes:
     return out.getvalue()
 
 
+def _write_huge(path: Path, megabytes: int) -> None:
+    huge_multiframe(path, megabytes)
+
+
 def huge_multiframe(path: Path, megabytes: int, rows: int = 512, columns: int = 512) -> int:
     """Stream a multi-frame CT of about ``megabytes`` MB to ``path``, one frame at a time; returns bytes.
 
@@ -279,7 +285,7 @@ def cases(huge_mb: int = 0) -> list[Case]:
                 "huge/multiframe.dcm",
                 ANONYMIZED,
                 None,
-                lambda path: huge_multiframe(path, huge_mb) and None,
+                functools.partial(_write_huge, megabytes=huge_mb),
                 size_hint=huge_mb * 1024 * 1024,
             )
         )
