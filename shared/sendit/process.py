@@ -365,7 +365,7 @@ def handle_dead_letter(ctx: Context, event_type: str, data: Any, event_id: str) 
         except EventError:
             payload = None
         if isinstance(payload, dict) and payload.get("batch_id"):
-            _dead_delivery(ctx, str(payload["batch_id"]), count, event_id)
+            _dead_delivery(ctx, str(payload["batch_id"]), count)
             return
     except RetryableError:
         raise
@@ -419,17 +419,7 @@ def _dead_upload(ctx: Context, event_type: str, data: Any, event_id: str, count:
         log.info("dead letter for a file already terminal, acked", extra=where)
 
 
-def _dead_delivery(ctx: Context, batch: str, count: int | None, event_id: str) -> None:
-    handler = None
-    try:
-        from sendit import deliver
+def _dead_delivery(ctx: Context, batch: str, count: int | None) -> None:
+    from sendit import deliver
 
-        handler = getattr(deliver, "handle_dead_letter", None)
-    except ImportError:
-        handler = None
-    if handler is not None:
-        handler(ctx, batch, count)
-        return
-    reason = f"delivery dead-lettered after {count} deliveries" if count else "delivery dead-lettered"
-    state.add_batch_error(ctx, batch, {"file": "", "reason": reason})
-    log.warning("delivery dead-lettered", extra={"event_id": event_id, "batch_id": batch, "reason": reason})
+    deliver.handle_dead_letter(ctx, batch, count)

@@ -11,20 +11,14 @@ from typing import Any
 
 import pytest
 from google.api_core.exceptions import ServiceUnavailable
+from test_send_api import ENV as SEND_ENV
 
 from sendit import runtime
 from sendit.clients import Clients
 from sendit.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {
-    "GOOGLE_CLOUD_PROJECT": "unit-project",
-    "SENDIT_STAGING_BUCKET": "staging",
-    "SENDIT_PROCESSING_BUCKET": "processing",
-    "SENDIT_DESTINATION_BUCKET": "destination",
-    "SENDIT_BIGQUERY_TABLE": "unit-project.sendit.dicom",
-    "SENDIT_DELIVER_TOPIC": "sendit-deliver",
-}
+ENV = {k: v for k, v in SEND_ENV.items() if k != "SENDIT_SECRET_KEY"}  # status/send hold no key
 
 
 class _DownFirestore:
