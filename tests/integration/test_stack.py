@@ -160,3 +160,21 @@ def test_function_servers_answer_http(stack: Any) -> None:
         except urllib.error.HTTPError as exc:  # an answer all the same
             status = exc.code
         assert 100 <= status < 600
+
+
+@pytest.mark.parametrize("command", ["SENDIT_UPLOAD_CMD", "SENDIT_UPLOAD_GCLOUD_CMD"])
+def test_real_cli_uploads_a_folder_as_one_batch(
+    stack: Any, clients: Any, command: str, tmp_path: Any
+) -> None:
+    """gsutil -m cp -r and gcloud storage cp -r, as a researcher runs them, reach the staging bucket."""
+    import subprocess
+
+    folder = tmp_path / f"CLI{uuid.uuid4().hex[:8]}"
+    (folder / "series_1").mkdir(parents=True)
+    (folder / "series_1" / "a.dcm").write_bytes(b"not really dicom")
+    (folder / "b.txt").write_text("notes")
+    subprocess.run([stack.stack_env()[command], str(folder)], check=True, timeout=120)
+    names = sorted(
+        b.name for b in clients.storage.list_blobs(stack.bucket("staging"), prefix=folder.name + "/")
+    )
+    assert names == [f"{folder.name}/b.txt", f"{folder.name}/series_1/a.dcm"]

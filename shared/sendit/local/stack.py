@@ -109,6 +109,7 @@ class LocalStack:
             env["SENDIT_SEND_URL"] = self.function_url("send")
             env["SENDIT_STATUS_URL"] = self.function_url("status")
         env["SENDIT_UPLOAD_CMD"] = str(self.workdir / "bin" / "sendit-upload")
+        env["SENDIT_UPLOAD_GCLOUD_CMD"] = str(self.workdir / "bin" / "sendit-upload-gcloud")
         env["SENDIT_GCS_HTTPS_PORT"] = str(self.ports.gcs_https)
         env["SENDIT_STACK_DIR"] = str(self.workdir)
         return env
@@ -320,6 +321,22 @@ class LocalStack:
             f'exec gsutil -q -m cp -r "$@" gs://{self.bucket("staging")}/\n'
         )
         script.chmod(0o755)
+        # The same with `gcloud storage` (to the bucket root: a folder is a batch). fake-gcs lacks the
+        # storageLayout endpoint that `gcloud storage cp -r DIR gs://B/prefix/` asks for first.
+        gcloud = bindir / "sendit-upload-gcloud"
+        gcloud.write_text(
+            "#!/usr/bin/env bash\n"
+            "# Upload folders to the local staging bucket with the real gcloud CLI.\n"
+            "set -euo pipefail\n"
+            '[ "$#" -ge 1 ] || { echo "usage: sendit-upload-gcloud FOLDER [FOLDER...]" >&2; exit 2; }\n'
+            f"export CLOUDSDK_CONFIG={shlex.quote(str(gcloud_home))}\n"
+            f"export CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE=http://127.0.0.1:{self.ports.gcs_http}/\n"
+            "export CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_CORE_DISABLE_PROMPTS=1\n"
+            f"export CLOUDSDK_CORE_PROJECT={shlex.quote(self.project)}\n"
+            "unset STORAGE_EMULATOR_HOST\n"
+            f'exec gcloud storage cp -r "$@" gs://{self.bucket("staging")}/\n'
+        )
+        gcloud.chmod(0o755)
 
     def _write_files(self) -> None:
         lines = [
