@@ -143,14 +143,7 @@ def test_upload_process_send_deliver(stack: Any, ctx: Any, tmp_path: Path, batch
 
     # The operator CLI over the same HTTP API.
     cli_env = {**os.environ, **env}
-    out = subprocess.run(
-        [sys.executable, "-m", "sendit.cli", "metrics", "--format", "tsv"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    out = _cli(cli_env, "metrics", "--format", "tsv")
     header, *lines = out.strip().splitlines()
     columns = header.split("\t")
     (mine,) = [
@@ -164,14 +157,7 @@ def test_upload_process_send_deliver(stack: Any, ctx: Any, tmp_path: Path, batch
         "10",
     )
     assert float(mine["elapsed_seconds"]) > 0 and int(mine["size_bytes"]) > 0 and mine["start_time"]
-    status_out = subprocess.run(
-        [sys.executable, "-m", "sendit.cli", "status"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    status_out = _cli(cli_env, "status")
     (line,) = [ln for ln in status_out.splitlines() if ln.startswith(batch_id)]
     assert "SENT" in line and "10/10" in line and "sent=10" in line
 
@@ -245,3 +231,15 @@ def test_send_bad_requests(stack: Any, method: str, raw: bytes | None, status: i
     assert body["status"] == status and says in body["error"]
     if status == 405:
         assert response.headers["Allow"] == "POST"
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    """Run the `sendit` command as an operator would and return what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "sendit.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout

@@ -33,14 +33,19 @@ def _pull(project: str, subscription: str, want: int, timeout: float = 20.0) -> 
     return got
 
 
-def test_upload_publishes_object_finalize(stack: Any, clients: Any) -> None:
-    # A pull subscription of our own on the uploads topic sees what the function sees.
+def _probe_uploads(stack: Any, clients: Any) -> str:
+    """A pull subscription of our own on the uploads topic: it sees what the anonymize function sees."""
     sub = pubsub_v1.SubscriberClient()
     name = f"probe-{uuid.uuid4().hex[:8]}"
     sub.create_subscription(
         name=sub.subscription_path(stack.project, name), topic=clients.topic_path(stack.topic("uploads"))
     )
     sub.close()
+    return name
+
+
+def test_upload_publishes_object_finalize(stack: Any, clients: Any) -> None:
+    name = _probe_uploads(stack, clients)
     object_name = f"{uuid.uuid4().hex[:8]}/series/one.dcm"
     blob = clients.storage.bucket(stack.bucket("staging")).blob(object_name)
     blob.upload_from_string(b"payload-bytes")
@@ -56,12 +61,7 @@ def test_upload_publishes_object_finalize(stack: Any, clients: Any) -> None:
 
 
 def test_other_buckets_do_not_notify(stack: Any, clients: Any) -> None:
-    sub = pubsub_v1.SubscriberClient()
-    name = f"probe-{uuid.uuid4().hex[:8]}"
-    sub.create_subscription(
-        name=sub.subscription_path(stack.project, name), topic=clients.topic_path(stack.topic("uploads"))
-    )
-    sub.close()
+    name = _probe_uploads(stack, clients)
     clients.storage.bucket(stack.bucket("processing")).blob(f"{name}.dcm").upload_from_string(b"x")
     assert not [
         m for m in _pull(stack.project, name, 1, timeout=3) if m.attributes.get("objectId") == f"{name}.dcm"
