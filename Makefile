@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down test demo bench bench-load lint typecheck fmt clean
+.PHONY: install debian-packages up down test demo bench bench-load lint typecheck fmt clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements-dev.txt -e .
 	@touch $@
 
-install: $(STAMP) ## create .venv and install everything the project and its tests need
+install: debian-packages $(STAMP) ## Debian packages, then .venv with everything the project and its tests need
+
+debian-packages: ## chromium, dicom3tools (dciodvfy), orthanc + orthanc-dicomweb; a no-op when present
+	@bash scripts/install-debian-packages.sh
 
 up: install ## start the local stack in the background; writes .local/stack.env
 	$(BIN)/python -m sendit.local up
