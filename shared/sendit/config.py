@@ -6,33 +6,15 @@ Every value a function or the CLI needs comes from here. ``Settings.from_env()``
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
+from sendit.errors import ConfigError
+from sendit.resources import topology
 
-class ConfigError(ValueError):
-    """A required setting is missing or malformed."""
-
-
-@cache
-def topology() -> dict[str, Any]:
-    """The one declaration of buckets, topics, subscriptions, table and functions (shared with Terraform)."""
-    text = resources.files("sendit").joinpath("topology.json").read_text(encoding="utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
-@cache
-def bigquery_schema() -> list[dict[str, Any]]:
-    """The BigQuery table schema (the same JSON file Terraform uses)."""
-    text = resources.files("sendit").joinpath("schema/dicom.json").read_text(encoding="utf-8")
-    schema: list[dict[str, Any]] = json.loads(text)
-    return schema
+__all__ = ["ConfigError", "Settings"]
 
 
 def _flag(value: str) -> bool:

@@ -23,8 +23,8 @@ from dicom_factory import PLANTED, StudySpec, write_study
 from google.cloud import bigquery
 from polling import wait_for as wait_for  # re-exported: the e2e tests call kit.wait_for
 
+from sendit.app.context import Context
 from sendit.deid.identity import keyed_digest
-from sendit.runtime import Context
 
 T = TypeVar("T")
 

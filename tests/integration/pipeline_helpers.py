@@ -7,12 +7,13 @@ from typing import Any
 
 from polling import wait_for as wait_for  # re-exported for the tests that import it from here
 
-from sendit import state
-from sendit.deid.identity import keyed_digest
+from sendit import naming
+from sendit.store import batches, files
+from sendit.store.base import Store
 
 
 def batch_of(settings: Any, folder: str) -> str:
-    return keyed_digest(settings.secret_key, f"{settings.staging_bucket}/{folder}", 16)
+    return naming.batch_id(settings.secret_key, settings.staging_bucket, folder)
 
 
 def upload_tree(clients: Any, bucket: str, root: Path, prefix: str = "") -> list[str]:
@@ -32,7 +33,7 @@ def wait_batch(
     """Wait until the batch has `total` terminal files and one of `statuses`."""
 
     def done() -> dict[str, Any] | None:
-        doc = state.get_batch(clients.firestore, batch)
+        doc = batches.get_batch(Store.of(clients.firestore), batch=batch)
         if not doc or doc.get("status") not in statuses:
             return None
         counts = doc.get("counts") or {}
@@ -42,7 +43,7 @@ def wait_batch(
 
 
 def files_of(clients: Any, batch: str) -> list[dict[str, Any]]:
-    return list(state.iter_files(clients.firestore, batch))
+    return files.files_of_batch(Store.of(clients.firestore), batch=batch)
 
 
 def clean_objects(clients: Any, bucket: str, batch: str) -> list[Any]:

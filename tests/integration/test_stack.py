@@ -13,7 +13,7 @@ from google.api_core.retry import Retry
 from google.cloud import bigquery, firestore, pubsub_v1
 from polling import wait_for
 
-from sendit.config import bigquery_schema, topology
+from sendit.resources import bigquery_schema, topology
 
 pytestmark = pytest.mark.stack
 

@@ -250,8 +250,9 @@ def test_firestore_outage_during_a_batch_is_retried_to_completion(rel: Rel, tmp_
 def test_concurrent_claims_of_one_file_have_exactly_one_winner(rel: Rel) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from sendit import state
     from sendit.events import ObjectFinalized
+    from sendit.store import files
+    from sendit.store.base import Store
 
     folder = batch_folder("race")
     batch = rel.batch_id(folder)
@@ -259,8 +260,8 @@ def test_concurrent_claims_of_one_file_have_exactly_one_winner(rel: Rel) -> None
     db = rel.clients.firestore
     threads = 16
 
-    def claim(now: datetime | None) -> state.Claim:
-        return state.claim_file(db, obj, batch, max_attempts=5, lease_seconds=60, now=now)
+    def claim(now: datetime | None) -> files.FileClaim:
+        return files.claim_file(Store.of(db), obj=obj, batch=batch, max_attempts=5, lease_seconds=60, now=now)
 
     def race(now: datetime | None) -> Counter[str]:
         barrier = threading.Barrier(threads)

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sendit import bigquery as bq
-from sendit.config import bigquery_schema
+from sendit import naming
+from sendit.delivery import rows as bq
+from sendit.errors import InsertError, RowError
+from sendit.resources import bigquery_schema
 
 SENT_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -44,7 +46,7 @@ def test_json_column_travels_as_json_text() -> None:
 
 
 def test_missing_required_column_is_a_row_error() -> None:
-    with pytest.raises(bq.RowError, match="instance_uid"):
+    with pytest.raises(RowError, match="instance_uid"):
         _row(instance_uid=None)
 
 
@@ -54,9 +56,9 @@ def test_nulls_are_left_out_and_repeated_becomes_a_list() -> None:
 
 
 def test_insert_ids_are_stable_per_batch_and_instance() -> None:
-    assert bq.insert_id("b1", "2.25.9") == bq.insert_id("b1", "2.25.9")
-    assert bq.insert_id("b1", "2.25.9") != bq.insert_id("b2", "2.25.9")
-    assert len(bq.insert_id("b1", "2.25.9")) == 32
+    assert naming.insert_id("b1", "2.25.9") == naming.insert_id("b1", "2.25.9")
+    assert naming.insert_id("b1", "2.25.9") != naming.insert_id("b2", "2.25.9")
+    assert len(naming.insert_id("b1", "2.25.9")) == 32
 
 
 def test_insert_rows_checks_ids_and_reports_rejections_without_values() -> None:
@@ -73,7 +75,7 @@ def test_insert_rows_checks_ids_and_reports_rejections_without_values() -> None:
     client = FakeClient()
     with pytest.raises(ValueError, match="one insert id per row"):
         bq.insert_rows(client, "p.d.t", [{"a": 1}], [])  # type: ignore[arg-type]
-    with pytest.raises(bq.InsertError) as caught:
+    with pytest.raises(InsertError) as caught:
         bq.insert_rows(client, "p.d.t", [{"a": 1}], ["id1"], deadline=5, timeout=3)  # type: ignore[arg-type]
     assert "invalid" in str(caught.value) and "Zyxwort" not in str(caught.value)
     (call,) = client.calls

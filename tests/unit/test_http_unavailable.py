@@ -13,7 +13,8 @@ import pytest
 from google.api_core.exceptions import ServiceUnavailable
 from test_send_api import ENV as SEND_ENV
 
-from sendit import runtime
+from sendit.app import runtime
+from sendit.app.context import Context
 from sendit.clients import Clients
 from sendit.config import Settings
 
@@ -32,7 +33,7 @@ def client_for(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     clients = Clients("unit-project")
     clients._cache["firestore"] = _DownFirestore()
-    context = runtime.Context(settings=Settings.from_env(ENV, require_key=False), clients=clients)
+    context = Context(settings=Settings.from_env(ENV, require_key=False), clients=clients)
     monkeypatch.setattr(runtime, "_context", context)
     return lambda target: create_app(target, str(REPO / "functions" / "main.py"), "http").test_client()
 

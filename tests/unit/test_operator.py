@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from sendit import cli, operator
+from sendit.cli import main as cli
+from sendit.cli import remote as operator
 
 BATCHES = [
     {

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from sendit import runtime, send_api
+from sendit.app import runtime
+from sendit.http import send_api
+from sendit.http.responses import BadRequest
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {
@@ -67,14 +69,14 @@ def test_parse_body_accepts(raw: bytes, expected: list[str] | None) -> None:
     ],
 )
 def test_parse_body_rejects(raw: bytes, status: int, says: str) -> None:
-    with pytest.raises(send_api.BadRequest) as caught:
+    with pytest.raises(BadRequest) as caught:
         send_api.parse_body(raw)
     assert caught.value.status == status and says in str(caught.value)
 
 
 def test_error_messages_never_echo_the_body() -> None:
     secret = b'{"batches": ["Zyxwort^Quillane MRN7734981"]}'
-    with pytest.raises(send_api.BadRequest) as caught:
+    with pytest.raises(BadRequest) as caught:
         send_api.parse_body(secret)
     assert "Zyxwort" not in str(caught.value) and "MRN" not in str(caught.value)
 

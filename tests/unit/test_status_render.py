@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sendit import status
+from sendit.http import dashboard, status_api
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ from sendit import status
     ],
 )
 def test_routes(path: str, route: tuple[str, str | None]) -> None:
-    assert status._route(path) == route
+    assert status_api._route(path) == route
 
 
 def _batch(**extra: object) -> dict[str, object]:
@@ -42,7 +42,7 @@ def _batch(**extra: object) -> dict[str, object]:
 
 
 def test_dashboard_row_shows_progress_counts_and_errors() -> None:
-    page = status.render_dashboard([_batch()], refresh=7)
+    page = dashboard.render_dashboard([_batch()], refresh=7)
     assert '<meta http-equiv="refresh" content="7">' in page
     assert '<a href="batches/0123abcd">0123abcd</a>' in page
     assert 'aria-valuenow="80"' in page and "8/10" in page  # 8 of 10 files terminal
@@ -53,13 +53,13 @@ def test_dashboard_row_shows_progress_counts_and_errors() -> None:
 
 def test_dashboard_escapes_everything_and_can_stop_refreshing() -> None:
     batch = _batch(id="<b>", status='"><img src=x>')
-    page = status.render_dashboard([batch], refresh=0)
+    page = dashboard.render_dashboard([batch], refresh=0)
     assert "<b>" not in page.split("<body>")[1] and "<img" not in page
     assert "&lt;b&gt;" in page and "http-equiv" not in page and "auto-refresh off" in page
 
 
 def test_empty_dashboard_says_so() -> None:
-    assert "no batches yet" in status.render_dashboard([])
+    assert "no batches yet" in dashboard.render_dashboard([])
 
 
 def test_batch_page_lists_files_errors_deliveries_and_next_page() -> None:
@@ -72,7 +72,7 @@ def test_batch_page_lists_files_errors_deliveries_and_next_page() -> None:
         ],
         next_page_token="k9",
     )
-    page = status.render_batch(batch, refresh=5, page_size=2, state="FAILED")
+    page = dashboard.render_batch(batch, refresh=5, page_size=2, state="FAILED")
     assert "sendit batch 0123abcd" in page and "2026-01-02 03:04:05 UTC" in page and "2.0 KB" in page
     assert ">aa11<" in page and ">P1<" in page and ">2.25.1<" in page and "&lt;script&gt;" in page
     assert 'href="?page_token=k9&amp;page_size=2&amp;state=FAILED"' in page

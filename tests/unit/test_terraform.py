@@ -290,7 +290,7 @@ def test_bigquery_dataset_and_table_come_from_topology_and_the_shared_schema() -
     assert match, table["schema"]
     schema_path = (TF / (match.group(1) + TOPOLOGY["bigquery"]["schema"])).resolve()
     assert schema_path == (ROOT / "shared" / "sendit" / "schema" / "dicom.json").resolve()
-    from sendit.config import bigquery_schema
+    from sendit.resources import bigquery_schema
 
     assert json.loads(schema_path.read_text(encoding="utf-8")) == bigquery_schema()
     # The partitioning field exists in the schema.

@@ -20,9 +20,10 @@ from typing import Any, TextIO
 
 import requests
 
+from sendit.store.vocabulary import SETTLED, TERMINAL, BatchState, FileState
+
 TIMEOUT = 60.0
 BAR_WIDTH = 24
-FINAL = {"SENT", "EMPTY"}
 METRIC_COLUMNS = (
     "batch_id",
     "status",
@@ -112,10 +113,10 @@ def fetch_batches(status_url: str) -> list[dict[str, Any]]:
 def progress(batch: dict[str, Any]) -> tuple[int, int]:
     counts = batch.get("counts") or {}
     total = int(counts.get("total", 0))
-    if batch.get("status") in {"SENDING", "SENT"}:
-        deliverable = int(counts.get("ANONYMIZED", 0)) + int(counts.get("SENT", 0))
-        return int(counts.get("SENT", 0)), deliverable
-    done = sum(int(counts.get(s, 0)) for s in ("ANONYMIZED", "SKIPPED", "FAILED", "SENT"))
+    if batch.get("status") in {BatchState.SENDING, BatchState.SENT}:
+        deliverable = int(counts.get(FileState.ANONYMIZED, 0)) + int(counts.get(FileState.SENT, 0))
+        return int(counts.get(FileState.SENT, 0)), deliverable
+    done = sum(int(counts.get(s, 0)) for s in TERMINAL)
     return done, total
 
 
@@ -157,7 +158,7 @@ def run_status(
         rounds += 1
         if not args.watch:
             return 0
-        if batches and all(b.get("status") in FINAL | {"DONEPROCESSING"} for b in batches) and rounds > 1:
+        if batches and all(b.get("status") in SETTLED for b in batches) and rounds > 1:
             return 0
         if args.max_rounds and rounds >= args.max_rounds:
             return 0
@@ -205,10 +206,10 @@ def metrics_rows(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "elapsed_seconds": b.get("elapsed_seconds"),
                 "size_bytes": b.get("size_bytes"),
                 "total": counts.get("total", 0),
-                "anonymized": counts.get("ANONYMIZED", 0),
-                "skipped": counts.get("SKIPPED", 0),
-                "failed": counts.get("FAILED", 0),
-                "sent": counts.get("SENT", 0),
+                "anonymized": counts.get(FileState.ANONYMIZED, 0),
+                "skipped": counts.get(FileState.SKIPPED, 0),
+                "failed": counts.get(FileState.FAILED, 0),
+                "sent": counts.get(FileState.SENT, 0),
                 "has_error": bool(b.get("has_error")),
                 "errors": len(b.get("errors") or []),
                 "deliveries": len(deliveries),

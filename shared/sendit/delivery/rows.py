@@ -12,14 +12,14 @@ emulator answers a bad value with a 500 the client would retry for that long.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sendit.config import bigquery_schema
+from sendit.errors import InsertError, RowError
+from sendit.resources import bigquery_schema
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
@@ -29,14 +29,6 @@ CALL_TIMEOUT = 30.0  # seconds: one HTTP request
 INSERT_CHUNK = 500  # rows per insertAll request (BigQuery recommends at most 500)
 
 DELIVERY_COLUMNS = ("batch_id", "collection", "uri", "size_bytes", "md5", "sent_at")
-
-
-class RowError(ValueError):
-    """A row cannot be built (a REQUIRED column is empty): a permanent error for that image."""
-
-
-class InsertError(RuntimeError):
-    """BigQuery rejected rows (``insertErrors``). Carries row indexes and reasons, never values."""
 
 
 @cache
@@ -54,11 +46,6 @@ def schema_fields() -> list[bigquery.SchemaField]:
     from google.cloud import bigquery
 
     return [bigquery.SchemaField.from_api_repr(field) for field in bigquery_schema()]
-
-
-def insert_id(batch_id: str, instance_uid: str) -> str:
-    """A stable insert id for one image of one batch (the same on every retry)."""
-    return hashlib.sha256(f"{batch_id}/{instance_uid}".encode()).hexdigest()[:32]
 
 
 def _coerce(value: Any, field: Mapping[str, Any]) -> Any:
@@ -130,6 +117,22 @@ def delivery_row(
         if value is not None:
             row[name] = value
     return row
+
+
+def check_row(engine_row: Mapping[str, Any], *, batch_id: str, collection: str) -> None:
+    """Raise ``RowError`` now, before anything is copied, when this image's row could never be built.
+
+    Delivery sets ``uri`` for every file it copies; everything else comes from the engine's row.
+    """
+    delivery_row(
+        engine_row,
+        batch_id=batch_id,
+        collection=collection,
+        uri="gs://",
+        size_bytes=None,
+        md5=None,
+        sent_at=datetime.now(UTC),
+    )
 
 
 def existing_instance_uids(

@@ -1,6 +1,6 @@
 """The `sendit` command: anonymize | status | send | metrics.
 
-Each subcommand lives in the module that owns its logic; this file only wires argparse.
+Each subcommand lives in a module of this package; this file only wires argparse.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import sys
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "anonymize": (
-        "sendit.deid.offline",
+        "sendit.cli.anonymize",
         "de-identify a local folder with exactly the code the function runs",
     ),
-    "status": ("sendit.operator", "show batch status from the status API"),
-    "send": ("sendit.operator", "queue ready batches for delivery"),
-    "metrics": ("sendit.operator", "per-batch metrics (the original export_metrics)"),
+    "status": ("sendit.cli.remote", "show batch status from the status API"),
+    "send": ("sendit.cli.remote", "queue ready batches for delivery"),
+    "metrics": ("sendit.cli.remote", "per-batch metrics (the original export_metrics)"),
 }
 
 

@@ -1,6 +1,6 @@
-"""Firestore writes of the send/deliver stage (the document contract is docs/state.md).
+"""Batch and file documents on the send/deliver side (the document contract is docs/state.md).
 
-The batch moves DONEPROCESSING -> SENDING (``request_send``, in a transaction so two sends never queue a
+The batch moves DONEPROCESSING -> SENDING (``request_send``, preconditioned so two sends never queue a
 batch twice) -> SENT (``finish_delivery``); files move ANONYMIZED -> SENT (``mark_files_sent``). A
 delivery holds a short lease on its batch so two copies of one message never deliver concurrently, and
 each delivery is identified by the ``delivery_id`` that ``send`` wrote, so a retried or duplicated message
@@ -11,18 +11,13 @@ DONEPROCESSING with ``has_error`` and a reason (``record_dead_letter``), ready t
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-from sendit.config import Settings
+from sendit.store.base import PRECONDITION_RETRIES, WRITE_BATCH, Store, eq, field_of, now
+from sendit.store.vocabulary import MAX_ERRORS, BatchState, FileState
 
-if TYPE_CHECKING:
-    from google.cloud import firestore
-
-FILE_STATES = ("RECEIVED", "ANONYMIZED", "SKIPPED", "FAILED", "SENT")
-MAX_ERRORS = 50  # errors kept on a batch document (docs/state.md)
-WRITE_BATCH = 400  # Firestore allows 500 writes per batch
 LEASE_SECONDS = 600  # longer than the deliver function's timeout (540 s)
 
 SendOutcome = Literal["queued", "not_ready", "already_sent", "in_progress", "unknown"]
@@ -36,8 +31,34 @@ class SendDecision:
     delivery_id: str | None = None
 
 
+@dataclass
+class SendResult:
+    """What one send did, batch by batch (the JSON answer of the send API)."""
+
+    named: bool
+    requested: int = 0
+    queued: list[str] = field(default_factory=list)
+    not_ready: list[dict[str, Any]] = field(default_factory=list)
+    already_sent: list[str] = field(default_factory=list)
+    in_progress: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    not_queued: list[str] = field(default_factory=list)  # the message could not be published
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "queued": self.queued,
+            "not_ready": self.not_ready,
+            "already_sent": self.already_sent,
+            "in_progress": self.in_progress,
+            "unknown": self.unknown,
+        }
+        if self.not_queued:
+            body["not_queued"] = self.not_queued
+        return body
+
+
 @dataclass(frozen=True)
-class Claim:
+class DeliveryClaim:
     """Whether a deliver invocation may work on its batch now."""
 
     granted: bool
@@ -48,35 +69,17 @@ class Claim:
     requested_at: datetime | None = None
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _filter(field: str, op: str, value: Any) -> Any:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    return FieldFilter(field, op, value)
-
-
-def _batches(db: firestore.Client, settings: Settings) -> Any:
-    return db.collection(settings.batches_collection)
-
-
-def _files(db: firestore.Client, settings: Settings) -> Any:
-    return db.collection(settings.files_collection)
-
-
 # ------------------------------------------------------------------------------------------ send
 
 
-def ready_batch_ids(db: firestore.Client, settings: Settings) -> list[str]:
+def ready_batch_ids(store: Store) -> list[str]:
     """Ids of every batch in DONEPROCESSING (what a send without a list queues)."""
-    query = _batches(db, settings).where(filter=_filter("status", "==", "DONEPROCESSING"))
+    query = store.db.collection(store.batches).where(filter=eq("status", BatchState.DONEPROCESSING))
     return sorted(snap.id for snap in query.select([]).stream())
 
 
 def request_send(
-    db: firestore.Client, settings: Settings, batch_id: str, delivery_id: str, at: datetime | None = None
+    store: Store, *, batch_id: str, delivery_id: str, at: datetime | None = None
 ) -> SendDecision:
     """DONEPROCESSING -> SENDING, written only if the batch did not change since it was read.
 
@@ -88,50 +91,54 @@ def request_send(
     from google.api_core.exceptions import FailedPrecondition, NotFound
     from google.cloud import firestore as fs
 
-    ref = _batches(db, settings).document(batch_id)
+    ref = store.batch_ref(batch_id)
     when = at or now()
-    for _ in range(5):
+    for _ in range(PRECONDITION_RETRIES):
         snap = ref.get()
         if not snap.exists:
             return SendDecision(batch_id, "unknown")
         status = str(snap.get("status") or "")
-        if status == "SENT":
+        if status == BatchState.SENT:
             return SendDecision(batch_id, "already_sent", status)
-        if status == "SENDING":
-            return SendDecision(batch_id, "in_progress", status, _get(snap, "delivery_id"))
-        if status != "DONEPROCESSING":
+        if status == BatchState.SENDING:
+            return SendDecision(batch_id, "in_progress", status, field_of(snap, "delivery_id"))
+        if status != BatchState.DONEPROCESSING:
             return SendDecision(batch_id, "not_ready", status)
         try:
             ref.update(
                 {
-                    "status": "SENDING",
+                    "status": BatchState.SENDING,
                     "delivery_id": delivery_id,
                     "send_requested_at": when,
                     "updated_at": fs.SERVER_TIMESTAMP,
                 },
-                option=db.write_option(last_update_time=snap.update_time),
+                option=store.precondition(snap.update_time),
             )
         except (FailedPrecondition, NotFound):
             continue  # changed under us: look again
-        return SendDecision(batch_id, "queued", "SENDING", delivery_id)
-    return SendDecision(batch_id, "in_progress", "SENDING")
+        return SendDecision(batch_id, "queued", BatchState.SENDING, delivery_id)
+    return SendDecision(batch_id, "in_progress", BatchState.SENDING)
 
 
-def revert_send(db: firestore.Client, settings: Settings, batch_id: str, delivery_id: str) -> bool:
+def revert_send(store: Store, *, batch_id: str, delivery_id: str) -> bool:
     """Undo ``request_send`` when its message could not be published (only if nothing moved since)."""
     from google.cloud import firestore as fs
 
-    ref = _batches(db, settings).document(batch_id)
+    ref = store.batch_ref(batch_id)
 
     @fs.transactional
     def attempt(tx: Any) -> bool:
         snap = ref.get(transaction=tx)
-        if not snap.exists or snap.get("status") != "SENDING" or _get(snap, "delivery_id") != delivery_id:
+        if (
+            not snap.exists
+            or snap.get("status") != BatchState.SENDING
+            or field_of(snap, "delivery_id") != delivery_id
+        ):
             return False
-        tx.update(ref, {"status": "DONEPROCESSING", "updated_at": fs.SERVER_TIMESTAMP})
+        tx.update(ref, {"status": BatchState.DONEPROCESSING, "updated_at": fs.SERVER_TIMESTAMP})
         return True
 
-    reverted: bool = attempt(db.transaction())
+    reverted: bool = attempt(store.db.transaction())
     return reverted
 
 
@@ -139,98 +146,82 @@ def revert_send(db: firestore.Client, settings: Settings, batch_id: str, deliver
 
 
 def claim_delivery(
-    db: firestore.Client,
-    settings: Settings,
+    store: Store,
+    *,
     batch_id: str,
     delivery_id: str | None,
     owner: str,
     lease_seconds: int = LEASE_SECONDS,
-) -> Claim:
+) -> DeliveryClaim:
     """Take the batch's delivery lease if the batch is SENDING for this delivery and nobody holds it."""
     from google.cloud import firestore as fs
 
-    ref = _batches(db, settings).document(batch_id)
+    ref = store.batch_ref(batch_id)
 
     @fs.transactional
-    def attempt(tx: Any) -> Claim:
+    def attempt(tx: Any) -> DeliveryClaim:
         snap = ref.get(transaction=tx)
         if not snap.exists:
-            return Claim(False, "unknown")
+            return DeliveryClaim(False, "unknown")
         status = str(snap.get("status") or "")
-        current = _get(snap, "delivery_id")
+        current = field_of(snap, "delivery_id")
         if delivery_id and current and delivery_id != current:
-            return Claim(False, "stale", status, current)
+            return DeliveryClaim(False, "stale", status, current)
         resumed = False
-        if status != "SENDING":
+        if status != BatchState.SENDING:
             # A file that arrived after the send reopened the batch. The send still stands for this
             # delivery: wait while it processes (the caller retries), resume once it is done again.
-            if delivery_id and current == delivery_id and status in {"QUEUE", "PROCESSING"}:
-                return Claim(False, "reopened", status, current)
-            if not (delivery_id and current == delivery_id and status == "DONEPROCESSING"):
-                return Claim(False, "not_sending", status, current)
+            if delivery_id and current == delivery_id and status in {BatchState.QUEUE, BatchState.PROCESSING}:
+                return DeliveryClaim(False, "reopened", status, current)
+            if not (delivery_id and current == delivery_id and status == BatchState.DONEPROCESSING):
+                return DeliveryClaim(False, "not_sending", status, current)
             resumed = True
-        lease = _get(snap, "deliver_lease") or {}
+        lease = field_of(snap, "deliver_lease") or {}
         until = lease.get("until")
         if lease.get("owner") not in (None, owner) and until is not None and until > now():
-            return Claim(False, "busy", status, current)
+            return DeliveryClaim(False, "busy", status, current)
         update: dict[str, Any] = {
             "deliver_lease": {"owner": owner, "until": now() + timedelta(seconds=lease_seconds)},
             "updated_at": fs.SERVER_TIMESTAMP,
         }
         if resumed:
-            update["status"] = "SENDING"
+            update["status"] = BatchState.SENDING
         tx.update(ref, update)
-        return Claim(
+        return DeliveryClaim(
             True,
             "resumed" if resumed else "claimed",
-            "SENDING",
+            BatchState.SENDING,
             current or delivery_id,
             first_delivery=not [
                 d
-                for d in (_get(snap, "deliveries") or [])
+                for d in (field_of(snap, "deliveries") or [])
                 if d.get("delivery_id") != (current or delivery_id)
             ],
-            requested_at=_get(snap, "send_requested_at"),
+            requested_at=field_of(snap, "send_requested_at"),
         )
 
-    claim: Claim = attempt(db.transaction())
+    claim: DeliveryClaim = attempt(store.db.transaction())
     return claim
 
 
-def release_delivery(db: firestore.Client, settings: Settings, batch_id: str, owner: str) -> None:
+def release_delivery(store: Store, *, batch_id: str, owner: str) -> None:
     """Give the lease back (after a failure, so the redelivered message can proceed at once)."""
     from google.cloud import firestore as fs
 
-    ref = _batches(db, settings).document(batch_id)
+    ref = store.batch_ref(batch_id)
 
     @fs.transactional
     def attempt(tx: Any) -> None:
         snap = ref.get(transaction=tx)
-        if snap.exists and (_get(snap, "deliver_lease") or {}).get("owner") == owner:
+        if snap.exists and (field_of(snap, "deliver_lease") or {}).get("owner") == owner:
             tx.update(ref, {"deliver_lease": fs.DELETE_FIELD})
 
-    attempt(db.transaction())
+    attempt(store.db.transaction())
 
 
-def pending_files(db: firestore.Client, settings: Settings, batch_id: str) -> list[dict[str, Any]]:
-    """The batch's ANONYMIZED files (de-identified, not yet delivered), each with its ``key``."""
-    query = (
-        _files(db, settings)
-        .where(filter=_filter("batch_id", "==", batch_id))
-        .where(filter=_filter("state", "==", "ANONYMIZED"))
-    )
-    return [dict(snap.to_dict() or {}, key=snap.id) for snap in query.stream()]
-
-
-def delivered_files(
-    db: firestore.Client, settings: Settings, batch_id: str, delivery_id: str
-) -> list[dict[str, Any]]:
+def delivered_files(store: Store, *, batch_id: str, delivery_id: str) -> list[dict[str, Any]]:
     """The files one delivery marked SENT (to compute its record, also after a retry)."""
-    query = (
-        _files(db, settings)
-        .where(filter=_filter("batch_id", "==", batch_id))
-        .where(filter=_filter("delivery_id", "==", delivery_id))
-    )
+    query = store.files_of(batch_id).where(filter=eq("delivery_id", delivery_id))
     fields = [
         "state",
         "ids",
@@ -256,25 +247,19 @@ class SentFile:
     size: int | None
 
 
-def mark_files_sent(
-    db: firestore.Client,
-    settings: Settings,
-    sent: Iterable[SentFile],
-    delivery_id: str,
-    at: datetime,
-) -> int:
+def mark_files_sent(store: Store, *, sent: Iterable[SentFile], delivery_id: str, at: datetime) -> int:
     """Files ANONYMIZED -> SENT with their destination. Returns the number written."""
     from google.cloud import firestore as fs
 
-    col = _files(db, settings)
+    db = store.db
     count = 0
     writer = db.batch()
     pending = 0
     for item in sent:
         writer.update(
-            col.document(item.key),
+            store.file_ref(item.key),
             {
-                "state": "SENT",
+                "state": FileState.SENT,
                 "sent_uri": item.uri,
                 "sent_md5": item.md5,
                 "sent_size": item.size,
@@ -293,26 +278,9 @@ def mark_files_sent(
     return count
 
 
-def mark_file_failed(db: firestore.Client, settings: Settings, key: str, reason: str) -> None:
-    """A file that cannot be delivered (its clean object is gone): FAILED with the reason."""
-    from google.cloud import firestore as fs
-
-    _files(db, settings).document(key).update(
-        {"state": "FAILED", "reason": reason, "updated_at": fs.SERVER_TIMESTAMP}
-    )
-
-
-def file_counts(db: firestore.Client, settings: Settings, batch_id: str) -> dict[str, int]:
-    """``{RECEIVED, ANONYMIZED, SKIPPED, FAILED, SENT, total}`` from aggregation queries (``state``)."""
-    from sendit import state
-
-    store = state.Store(db, settings.batches_collection, settings.files_collection)
-    return state.batch_counts(store, batch_id)
-
-
 def finish_delivery(
-    db: firestore.Client,
-    settings: Settings,
+    store: Store,
+    *,
     batch_id: str,
     delivery_id: str,
     owner: str,
@@ -327,7 +295,7 @@ def finish_delivery(
     """
     from google.cloud import firestore as fs
 
-    ref = _batches(db, settings).document(batch_id)
+    ref = store.batch_ref(batch_id)
     new_errors = [dict(e) for e in errors]
 
     @fs.transactional
@@ -336,9 +304,9 @@ def finish_delivery(
         if not snap.exists:
             return "unknown"
         status = str(snap.get("status") or "")
-        deliveries = list(_get(snap, "deliveries") or [])
+        deliveries = list(field_of(snap, "deliveries") or [])
         update: dict[str, Any] = {"updated_at": fs.SERVER_TIMESTAMP}
-        if (_get(snap, "deliver_lease") or {}).get("owner") == owner:
+        if (field_of(snap, "deliver_lease") or {}).get("owner") == owner:
             update["deliver_lease"] = fs.DELETE_FIELD
         if not any(d.get("delivery_id") == delivery_id for d in deliveries):
             deliveries.append(dict(record))
@@ -349,40 +317,40 @@ def finish_delivery(
         if counts is not None:
             update["counts"] = dict(counts)
         if new_errors:
-            merged = list(_get(snap, "errors") or []) + new_errors
+            merged = list(field_of(snap, "errors") or []) + new_errors
             update["errors"] = merged[-MAX_ERRORS:]
             update["has_error"] = True
-        if status == "SENDING" and _get(snap, "delivery_id") in (None, delivery_id):
-            update["status"] = "SENT"
-            status = "SENT"
+        if status == BatchState.SENDING and field_of(snap, "delivery_id") in (None, delivery_id):
+            update["status"] = BatchState.SENT
+            status = BatchState.SENT
         tx.update(ref, update)
         return status
 
-    result: str = attempt(db.transaction())
+    result: str = attempt(store.db.transaction())
     return result
 
 
-def record_dead_letter(db: firestore.Client, settings: Settings, batch_id: str, attempts: int | None) -> bool:
+def record_dead_letter(store: Store, *, batch_id: str, attempts: int | None) -> bool:
     """A deliver message that exhausted its attempts: SENDING -> DONEPROCESSING, ``has_error`` and a reason.
 
     Returns False (nothing changed) when the batch is not SENDING, e.g. a duplicate already delivered it.
     """
     from google.cloud import firestore as fs
 
-    ref = _batches(db, settings).document(batch_id)
+    ref = store.batch_ref(batch_id)
     tried = f" after {attempts} attempts" if attempts else ""
     reason = f"delivery failed{tried}; the batch can be sent again"
 
     @fs.transactional
     def attempt(tx: Any) -> bool:
         snap = ref.get(transaction=tx)
-        if not snap.exists or snap.get("status") != "SENDING":
+        if not snap.exists or snap.get("status") != BatchState.SENDING:
             return False
-        errors = [*list(_get(snap, "errors") or []), {"file": "", "reason": reason}]
+        errors = [*list(field_of(snap, "errors") or []), {"file": "", "reason": reason}]
         tx.update(
             ref,
             {
-                "status": "DONEPROCESSING",
+                "status": BatchState.DONEPROCESSING,
                 "has_error": True,
                 "errors": errors[-MAX_ERRORS:],
                 "last_delivery_error": reason,
@@ -392,10 +360,5 @@ def record_dead_letter(db: firestore.Client, settings: Settings, batch_id: str, 
         )
         return True
 
-    changed: bool = attempt(db.transaction())
+    changed: bool = attempt(store.db.transaction())
     return changed
-
-
-def _get(snap: Any, field: str) -> Any:
-    data = snap.to_dict() or {}
-    return data.get(field)
