@@ -113,6 +113,32 @@ def test_deliver_instance_layout(ctx: Any, tmp_path: Path, batch_name: str) -> N
     assert all(processing.get_blob(f["clean_uri"].split("/", 3)[3]) is None for f in anonymized)
 
 
+def test_a_row_that_cannot_be_built_fails_that_file_not_the_delivery(
+    ctx: Any, tmp_path: Path, batch_name: str
+) -> None:
+    """RowError is permanent for its image: that file is FAILED with the reason, the others are delivered."""
+    seeded = _seed(ctx, tmp_path, batch_name)
+    bad, *good = seeded.anonymized
+    files_col = ctx.clients.firestore.collection(ctx.settings.files_collection)
+    files_col.document(bad["key"]).update({"row.instance_uid": None})  # a REQUIRED column left empty
+    delivery_id = _queue(ctx, seeded.batch_id)
+
+    result = deliver.deliver_batch(ctx, seeded.batch_id, delivery_id)  # returns: nothing to retry
+
+    reason = "row cannot be built: required column instance_uid is empty"
+    assert result.status == "SENT" and result.errors == [{"file": bad["key"], "reason": reason}]
+    assert (result.files, result.rows_inserted, result.objects_written) == (len(good), len(good), len(good))
+    states = {f["key"]: (f["state"], f.get("reason")) for f in kit.file_docs(ctx, seeded.batch_id)}
+    assert states == {bad["key"]: ("FAILED", reason)} | {f["key"]: ("SENT", None) for f in good}
+    rows = kit.bigquery_rows(ctx, seeded.batch_id)
+    assert sorted(r["instance_uid"] for r in rows) == sorted(f["ids"]["instance_uid"] for f in good)
+    destination = {b.name.rsplit("/", 1)[-1] for b in kit.destination_blobs(ctx, {bad["ids"]["study_uid"]})}
+    assert f"{bad['ids']['instance_uid']}.dcm" not in destination
+    batch = kit.batch_doc(ctx, seeded.batch_id)
+    assert batch["has_error"] is True and {"file": bad["key"], "reason": reason} in batch["errors"]
+    assert batch["counts"]["FAILED"] == 1 and batch["counts"]["SENT"] == len(good)
+
+
 def test_send_twice_and_retry_after_bigquery_failure_add_no_duplicates(
     ctx: Any, tmp_path: Path, batch_name: str
 ) -> None:

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import dataclasses
 import json
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,6 +173,28 @@ def test_transient_error_is_retryable_without_phi_and_releases_the_claim(
     assert doc["state"] == FileState.RECEIVED and doc["lease_until"] <= datetime.now(UTC)
 
     result = anonymize.process_object(ctx, obj)  # the redelivery proceeds at once
+    assert result.state == FileState.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
+
+
+def test_identity_provider_unreachable_is_retried_and_releases_the_claim(
+    ctx: Context, batch_name: str, tmp_path: Path
+) -> None:
+    """IdentityError (the honest broker does not answer) is transient: retried, never a terminal state."""
+    with socket.socket() as sock:  # a port nobody listens on: connection refused, for real
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    broker_down = Context(
+        settings=dataclasses.replace(ctx.settings, identity_provider="http", identity_url=closed),
+        clients=ctx.clients,
+    )
+    obj = _put(ctx, tmp_path, batch_name)
+    with pytest.raises(RetryableError, match="transient error during de-identify: IdentityError") as info:
+        anonymize.process_object(broker_down, obj)
+    assert info.value.transient and batch_name not in str(info.value)
+    doc = _file(ctx, obj)
+    assert doc["state"] == FileState.RECEIVED and doc["lease_until"] <= datetime.now(UTC)
+
+    result = anonymize.process_object(ctx, obj)  # the redelivery, once the broker answers again
     assert result.state == FileState.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
 
 

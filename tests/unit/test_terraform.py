@@ -171,14 +171,16 @@ def decorated_entry_points() -> dict[str, str]:
 
 
 def required_env_vars() -> set[str]:
-    """The names Settings.from_env requires, read from config.py (``need("X")`` calls)."""
+    """The names Settings.from_env requires, read from config.py (``read.need("X")`` calls)."""
     tree = ast.parse((ROOT / "shared" / "sendit" / "config.py").read_text(encoding="utf-8"))
     names: set[str] = {
         node.args[0].value
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == "need"
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == "need")
+            or (isinstance(node.func, ast.Attribute) and node.func.attr == "need")
+        )
         and node.args
         and isinstance(node.args[0], ast.Constant)
         and isinstance(node.args[0].value, str)
