@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sendkit as kit
-from dicom_factory import StudySpec
+from support import sendkit as kit
+from support.dicom import StudySpec
 
 from sendit.delivery import rows as bq
 from sendit.errors import BatchBusy, BatchReopened

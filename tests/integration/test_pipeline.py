@@ -9,8 +9,8 @@ from typing import Any
 
 import pydicom
 import pytest
-from dicom_factory import StudySpec, write_study
-from pipeline_helpers import batch_of, clean_objects, files_of, upload_tree, wait_batch, wait_for
+from support.dicom import StudySpec, write_study
+from support.pipeline import batch_of, clean_objects, files_of, upload_tree, wait_batch, wait_for
 
 from sendit import naming
 from sendit.store import batches, files

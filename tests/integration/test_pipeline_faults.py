@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_factory import StudySpec, write_study
 from google.api_core.exceptions import Conflict, ServiceUnavailable
-from pipeline_helpers import batch_of, clean_objects, files_of, wait_batch
+from support.dicom import StudySpec, write_study
+from support.pipeline import batch_of, clean_objects, files_of, wait_batch
 
 from sendit import naming
 from sendit.app.context import Context

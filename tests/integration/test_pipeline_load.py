@@ -8,8 +8,8 @@ from io import BytesIO
 from typing import Any
 
 import pytest
-from dicom_factory import StudySpec, make_instance
-from pipeline_helpers import batch_of, files_of, wait_batch
+from support.dicom import StudySpec, make_instance
+from support.pipeline import batch_of, files_of, wait_batch
 
 from sendit.clients import Clients
 from sendit.store.vocabulary import BatchState, FileState

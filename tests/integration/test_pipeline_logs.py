@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_factory import PLANTED, StudySpec, write_study
 from google.api_core.exceptions import Conflict
-from pipeline_helpers import batch_of, upload_tree, wait_batch
-from polling import wait_for
+from support.dicom import PLANTED, StudySpec, write_study
+from support.pipeline import batch_of, upload_tree, wait_batch
+from support.polling import wait_for
 
 from sendit import logs
 from sendit.app.context import Context

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_kit import Rel, batch_folder, pid_alive, wait_for
+from support.reliability import Rel, batch_folder, pid_alive, wait_for
 
 from sendit.local import corpus
 from sendit.local.samples import StudySpec
@@ -172,7 +172,7 @@ def test_worker_killed_mid_file_every_file_accounted_for_once(
     worker_killed: tuple[Rel, str, list[dict[str, Any]]],
 ) -> None:
     rel, batch, docs = worker_killed
-    assert len({d["_key"] for d in docs}) == len(docs)
+    assert len({d["key"] for d in docs}) == len(docs)
     assert all(
         d["state"] in ("ANONYMIZED", "FAILED") and (d["state"] != "FAILED" or d.get("reason")) for d in docs
     )

@@ -165,6 +165,19 @@ def test_keyed_and_derived_names_are_defined_in_naming_only() -> None:
     assert calls_keyed_digest == ["naming.py"]
 
 
+def test_test_helpers_call_naming_instead_of_rederiving_names() -> None:
+    """No test outside the engine's own re-derives a keyed name (keyed_digest) or a file key (sha256)."""
+    tests = ROOT / "tests"
+    rederived = []
+    for path in sorted(tests.rglob("*.py")):
+        if path.is_relative_to(tests / "unit" / "deid") or path == Path(__file__):
+            continue
+        text = path.read_text(encoding="utf-8")
+        if "keyed_digest(" in text or ".encode()).hexdigest()[:32]" in text:
+            rederived.append(str(path.relative_to(tests)))
+    assert rederived == []
+
+
 def test_the_ten_longest_library_functions_are_under_60_lines() -> None:
     lengths = []
     for path in _library_files():

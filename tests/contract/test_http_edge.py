@@ -1,4 +1,9 @@
-"""The send trigger's request handling, through functions-framework (no emulator needed for these)."""
+"""The HTTP edge of send and status through functions-framework, with no service behind it: methods,
+paths and bodies are refused with the documented JSON statuses, and an unavailable state store is a 503.
+
+The outage is injected: an emulator cannot produce a quick ServiceUnavailable (a client pointed at a
+dead emulator retries for minutes), so a stand-in Firestore client that raises is used for this fault only.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import ServiceUnavailable
 
 from sendit.app import runtime
-from sendit.http import send_api
-from sendit.http.responses import BadRequest
+from sendit.app.context import Context
+from sendit.clients import Clients
+from sendit.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {
+SEND_ENV = {
     "GOOGLE_CLOUD_PROJECT": "unit-project",
     "SENDIT_STAGING_BUCKET": "staging",
     "SENDIT_PROCESSING_BUCKET": "processing",
@@ -22,6 +29,35 @@ ENV = {
     "SENDIT_DELIVER_TOPIC": "sendit-deliver",
     "SENDIT_SECRET_KEY": "unit-test-key-0123456789",
 }
+ENV = {k: v for k, v in SEND_ENV.items() if k != "SENDIT_SECRET_KEY"}  # status/send hold no key
+
+
+class _DownFirestore:
+    def collection(self, *_: Any, **__: Any) -> Any:
+        raise ServiceUnavailable("firestore down for MRN7734981")  # text must not reach the answer
+
+
+@pytest.fixture
+def client_for(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from functions_framework import create_app
+
+    clients = Clients("unit-project")
+    clients._cache["firestore"] = _DownFirestore()
+    context = Context(settings=Settings.from_env(ENV, require_key=False), clients=clients)
+    monkeypatch.setattr(runtime, "_context", context)
+    return lambda target: create_app(target, str(REPO / "functions" / "main.py"), "http").test_client()
+
+
+@pytest.mark.parametrize(
+    ("target", "method", "path"),
+    [("send", "post", "/"), ("status", "get", "/batches"), ("status", "get", "/batches/abc")],
+)
+def test_state_store_outage_is_a_json_503(client_for: Any, target: str, method: str, path: str) -> None:
+    response = getattr(client_for(target), method)(path, headers={"Accept": "application/json"})
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == 503 and "try again" in body["error"]
+    assert "MRN7734981" not in response.get_data(as_text=True)
 
 
 @pytest.fixture
@@ -29,7 +65,7 @@ def function_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A functions-framework test client per HTTP entry point, with a fresh runtime context."""
     from functions_framework import create_app
 
-    for key, value in ENV.items():
+    for key, value in SEND_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(runtime, "_context", None)
 
@@ -37,48 +73,6 @@ def function_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         return create_app(target, str(REPO / "functions" / "main.py"), "http").test_client()
 
     yield make
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (b"", None),
-        (b"  \n", None),
-        (b"null", None),
-        (b"{}", None),
-        (b'{"batches": null}', None),
-        (b'{"batches": ["a1", "b2", "a1"]}', ["a1", "b2"]),
-    ],
-)
-def test_parse_body_accepts(raw: bytes, expected: list[str] | None) -> None:
-    assert send_api.parse_body(raw) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "status", "says"),
-    [
-        (b"{oops", 400, "malformed JSON"),
-        (b"\xff\xfe", 400, "malformed JSON"),
-        (b'"text"', 400, "JSON object"),
-        (b'{"batches": [1]}', 400, "list of batch id strings"),
-        (b'{"batches": []}', 400, "empty"),
-        (b'{"batches": ["ok"], "force": true}', 400, "unknown field"),
-        (b'{"batches": ["has space"]}', 400, "may only contain"),
-        (b'{"batches": ["' + b"x" * 129 + b'"]}', 400, "may only contain"),
-        (b" " * (send_api.MAX_BODY + 1), 413, "larger than"),
-    ],
-)
-def test_parse_body_rejects(raw: bytes, status: int, says: str) -> None:
-    with pytest.raises(BadRequest) as caught:
-        send_api.parse_body(raw)
-    assert caught.value.status == status and says in str(caught.value)
-
-
-def test_error_messages_never_echo_the_body() -> None:
-    secret = b'{"batches": ["Zyxwort^Quillane MRN7734981"]}'
-    with pytest.raises(BadRequest) as caught:
-        send_api.parse_body(secret)
-    assert "Zyxwort" not in str(caught.value) and "MRN" not in str(caught.value)
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])

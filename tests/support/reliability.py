@@ -1,5 +1,5 @@
 """Helpers for the reliability suite: upload through the GCS emulator, follow files in Firestore, watch the
-function processes, and collect every text a test provokes so the PHI check can read it.
+function processes, and hand every text a test provokes to the PHI scan (``support.phi``).
 
 Batch folders are named after the planted accession number: object names are identifiers too, and the
 suite checks that none of them shows anywhere outside the staging side.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,23 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polling import wait_for as wait_for  # re-exported for the tests that import it from here
-
+from sendit import naming
 from sendit.local.samples import PLANTED
-
-TERMINAL = frozenset({"ANONYMIZED", "SKIPPED", "FAILED", "SENT"})
-FUNCTIONS = ("anonymize", "deliver", "dead_letter", "send", "status")
-
-# ------------------------------------------------------------------------------ texts for the PHI check
-# Every HTTP body, status field and captured output the suite sees is kept here; test_zz_phi.py reads it.
-PROVOKED: list[tuple[str, str]] = []
-_provoked_lock = threading.Lock()
-
-
-def remember(where: str, text: str) -> None:
-    with _provoked_lock:
-        PROVOKED.append((where, text))
-
+from sendit.store import batches, files
+from sendit.store.base import Store
+from sendit.store.vocabulary import TERMINAL
+from support import phi
+from support.phi import FUNCTIONS as FUNCTIONS
+from support.polling import wait_for as wait_for  # re-exported for the tests that import it from here
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -62,7 +52,7 @@ def http(
     except urllib.error.HTTPError as exc:
         payload = exc.read()
         code = exc.code
-    remember(f"HTTP {method} {code}", payload.decode("utf-8", "replace"))
+    phi.remember(f"HTTP {method} {code}", payload.decode("utf-8", "replace"))
     return code, payload
 
 
@@ -101,9 +91,11 @@ class Rel:
         return str(self.stack.bucket("staging"))
 
     def batch_id(self, folder: str) -> str:
-        from sendit.deid.identity import keyed_digest
+        return naming.batch_id(self.settings.secret_key, self.staging, folder)
 
-        return keyed_digest(self.settings.secret_key, f"{self.staging}/{folder}", 16)
+    @property
+    def store(self) -> Store:
+        return Store.of(self.clients.firestore, self.settings)
 
     def pids(self) -> dict[str, int]:
         return {name: self.stack.service(f"function {name}").pid for name in FUNCTIONS}
@@ -125,18 +117,15 @@ class Rel:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             done = list(pool.map(one, list(items)))
         self.uploaded.extend(done)
+        phi.uploaded(up.name for up in done)
         return done
 
     # ---------------------------------------------------------------- state
     def files(self, batch: str) -> list[dict[str, Any]]:
-        from google.cloud.firestore_v1.base_query import FieldFilter
-
-        query = self.clients.firestore.collection("files").where(filter=FieldFilter("batch_id", "==", batch))
-        return [dict(snap.to_dict() or {}, _key=snap.id) for snap in query.stream()]
+        return files.files_of_batch(self.store, batch=batch)
 
     def batch(self, batch: str) -> dict[str, Any] | None:
-        snap = self.clients.firestore.collection("batches").document(batch).get()
-        return snap.to_dict() if snap.exists else None
+        return batches.get_batch(self.store, batch=batch)
 
     def wait_terminal(self, batch: str, count: int, timeout: float) -> list[dict[str, Any]]:
         """Wait until ``count`` file documents of the batch exist and all are terminal."""

@@ -1,15 +1,15 @@
-"""Helpers shared by the pipeline integration tests: upload, poll Firestore, list clean objects."""
+"""Helpers of the pipeline tests: upload, wait for a batch, read its documents and clean objects (names
+through ``sendit.naming``, documents through ``sendit.store``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from polling import wait_for as wait_for  # re-exported for the tests that import it from here
-
 from sendit import naming
 from sendit.store import batches, files
 from sendit.store.base import Store
+from support.polling import wait_for as wait_for  # re-exported for the tests that import it from here
 
 
 def batch_of(settings: Any, folder: str) -> str:
@@ -40,6 +40,11 @@ def wait_batch(
         return doc if counts.get("total") == total and counts.get("RECEIVED") == 0 else None
 
     return wait_for(done, timeout, what=f"batch {batch} in {sorted(statuses)} with {total} files")
+
+
+def batch_doc(clients: Any, batch: str) -> dict[str, Any]:
+    """The stored batch document ({} when absent)."""
+    return batches.get_batch(Store.of(clients.firestore), batch=batch) or {}
 
 
 def files_of(clients: Any, batch: str) -> list[dict[str, Any]]:
