@@ -160,18 +160,22 @@ def test_changed_and_new_files_are_uploaded_on_rerun(
     changed = folder / "series_1" / "IMG_0001.dcm"
     changed.write_bytes(changed.read_bytes() + b"\0\0")
     (folder / "series_2" / "added.dcm").write_bytes(b"added later")
+    (folder / "series_2" / "IMG_0003.dcm").unlink()  # in the bucket, no longer local: left alone, not listed
     before = _bucket_objects(clients, bucket, batch_name)
 
     report = _upload(folder, bucket)
 
-    assert report.sealed and report.uploaded == 2 and report.unchanged == len(before) - 2
+    assert report.sealed and report.uploaded == 2 and report.unchanged == len(before) - 3
+    assert report.not_local == 1
     now = _bucket_objects(clients, bucket, batch_name)
     name = f"{batch_name}/series_1/IMG_0001.dcm"
     assert now[name].md5_hash == _md5(changed.read_bytes()) and now[name].generation > before[name].generation
     manifest = _manifest(clients, bucket, batch_name)
     assert manifest.entry(name).generation == str(now[name].generation)  # type: ignore[union-attr]
     assert manifest.entry(f"{batch_name}/series_2/added.dcm") is not None
-    assert manifest.count == len(now) - 1
+    assert manifest.entry(f"{batch_name}/series_2/IMG_0003.dcm") is None
+    assert f"{batch_name}/series_2/IMG_0003.dcm" in now
+    assert manifest.count == len(now) - 2  # neither the manifest nor the object with no local file
 
 
 def test_a_failed_file_leaves_the_folder_unsealed_until_a_clean_rerun(
