@@ -15,8 +15,8 @@ What is uploaded: regular files, and symbolic links to regular files (their cont
 Not uploaded, counted in the summary: hidden files and folders (a name starting with ``.``, such as
 ``.DS_Store``) unless ``--include-hidden``; symbolic links to folders (never followed: no loops, nothing from
 outside the folder); other special files; a top-level ``sendit-manifest.json`` (that name is the seal's). A
-broken link, an unreadable file, a name GCS cannot store, or a folder with nothing to upload is a failure. Names are used as the file system
-gives them (no Unicode normalization).
+broken link, an unreadable file, a name GCS cannot store, or a folder with nothing to upload is a failure.
+Names are used as the file system gives them (no Unicode normalization).
 
 Output: a progress bar on stderr (only on a terminal and without ``--quiet``) and a summary per folder on
 stdout. They are for the person uploading, on their own machine: unlike the pipeline's logs they name the
