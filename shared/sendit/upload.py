@@ -322,7 +322,7 @@ class _Mismatch(Exception):
 
 def verified(blob: storage.Blob, size: int, md5: str) -> str:
     """The blob's generation, if the bucket reports exactly this size and MD5."""
-    if blob.generation is None or int(blob.size or -1) != size or blob.md5_hash != md5:
+    if blob.generation is None or blob.size is None or int(blob.size) != size or blob.md5_hash != md5:
         raise _Mismatch("the bucket's size or MD5 differs from the local file (changed during the upload?)")
     return str(blob.generation)
 

@@ -34,6 +34,7 @@ def _study(root: Path, folder: str, big: bool = False) -> Path:
     write_study(root, StudySpec(series=2, instances=3), folder=folder)
     if big:
         (root / folder / "scan report.bin").write_bytes(os.urandom(BIG))
+        (root / folder / "empty.txt").write_bytes(b"")
     return root / folder
 
 
