@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,43 @@ def test_cli_failure_exits_non_zero_and_says_not_sealed(
     )
     usage = _cli(stack, str(tmp_path / "no such folder"))
     assert usage.returncode == 2 and "not a folder" in usage.stderr
+
+
+def test_cli_shows_a_progress_bar_on_a_terminal(stack: Any, tmp_path: Path, batch_name: str) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    folder = _study(tmp_path, batch_name, big=True)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal 120 wide
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sendit.cli", "upload", str(folder)],
+        env={**os.environ, **stack.stack_env()},
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while it writes: a full terminal buffer would block the upload
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the writer is gone and everything was read
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = process.communicate(timeout=120)
+    reader.join(timeout=30)
+    os.close(master)
+    shown = b"".join(chunks).decode("utf-8", "replace")
+    assert process.returncode == EXIT_OK and "sealed" in out
+    assert batch_name in shown and "B/s" in shown and "files]" in shown  # label, rate, files done
+    assert "<" in shown  # tqdm's elapsed<remaining (the ETA)
