@@ -1,7 +1,7 @@
 """Every error class of the library, and the one rule that classifies them.
 
 - permanent: the input can never succeed (``EventError``, ``RowError``, ``ObjectGone``, ``TooLarge``,
-  ``ConfigError``, ``UnknownBatch``): record a terminal state with a reason and ack;
+  ``ConfigError``, ``ManifestError``, ``UnknownBatch``): record a terminal state with a reason and ack;
 - retryable: ``RetryableError`` and its subclasses, and every exception ``is_transient`` accepts (an API
   unavailable, a timeout, throttling, a dropped connection, the identity provider unreachable): raise, so
   Pub/Sub redelivers with backoff.
@@ -41,6 +41,10 @@ class RowError(ValueError):
 
 class InsertError(RuntimeError):
     """BigQuery rejected rows (``insertErrors``). Carries row indexes and reasons, never values."""
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted. The message never quotes object or folder names."""
 
 
 class UnknownBatch(LookupError):

@@ -1,4 +1,4 @@
-"""The `sendit` command: anonymize | status | send | metrics.
+"""The `sendit` command: anonymize | upload | status | send | metrics.
 
 Each subcommand lives in a module of this package; this file only wires argparse.
 """
@@ -14,6 +14,10 @@ COMMANDS = {
     "anonymize": (
         "sendit.cli.anonymize",
         "de-identify a local folder with exactly the code the function runs",
+    ),
+    "upload": (
+        "sendit.cli.upload",
+        "upload study folders to the staging bucket and seal each with a manifest",
     ),
     "status": ("sendit.cli.remote", "show batch status from the status API"),
     "send": ("sendit.cli.remote", "queue ready batches for delivery"),

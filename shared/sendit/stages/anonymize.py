@@ -66,7 +66,7 @@ _in_flight = _InFlight()
 
 
 @dataclass
-class FileResult:
+class AnonymizeResult:
     """What ``process_object`` did with one notification (for callers and tests)."""
 
     key: str
@@ -78,7 +78,7 @@ class FileResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> FileResult | None:
+def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> AnonymizeResult | None:
     """The ``anonymize`` function: one staging notification. Returns normally to ack."""
     try:
         obj = events.object_finalized(event_type, data, event_id)
@@ -133,7 +133,7 @@ def process_object(
     *,
     lease_seconds: float | None = None,
     now: datetime | None = None,
-) -> FileResult:
+) -> AnonymizeResult:
     """Claim, de-identify, write and record one staging object (idempotent per bucket/name/generation)."""
     folder = naming.batch_folder(obj.name)
     work = _Work(
@@ -161,7 +161,7 @@ def process_object(
         raise
 
 
-def _unclaimed(ctx: Context, work: _Work) -> FileResult | None:
+def _unclaimed(ctx: Context, work: _Work) -> AnonymizeResult | None:
     """The claim's answer when it is not ``claimed``: a duplicate, a lease held elsewhere, a give-up."""
     claim, where = work.claim, work.where()
     assert claim is not None
@@ -169,7 +169,7 @@ def _unclaimed(ctx: Context, work: _Work) -> FileResult | None:
         log.info("duplicate: file already %s, acked", claim.state, extra={**where, "state": claim.state})
         with work.steps.step("finalize"):
             batches.heal_batch(ctx.store, batch=work.batch)
-        return FileResult(work.key, work.batch, "duplicate", state=claim.state)
+        return AnonymizeResult(work.key, work.batch, "duplicate", state=claim.state)
     if claim.kind == "busy":
         log.info("busy: another delivery holds the lease, retry later", extra=where)
         raise RetryableError("file is being processed by another delivery (lease held); retry later")
@@ -178,12 +178,12 @@ def _unclaimed(ctx: Context, work: _Work) -> FileResult | None:
         log.warning("file FAILED", extra={**where, "state": FileState.FAILED, "reason": reason})
         with work.steps.step("finalize"):
             batches.finalize_batch(ctx.store, batch=work.batch)
-        return FileResult(work.key, work.batch, "gave_up", state=FileState.FAILED, reason=reason)
+        return AnonymizeResult(work.key, work.batch, "gave_up", state=FileState.FAILED, reason=reason)
     _in_flight.add(work.batch, work.key)
     return None
 
 
-def _claimed(ctx: Context, work: _Work, folder: str) -> FileResult:
+def _claimed(ctx: Context, work: _Work, folder: str) -> AnonymizeResult:
     """The steps of a file this invocation claimed."""
     claim, steps = work.claim, work.steps
     assert claim is not None
@@ -203,7 +203,7 @@ def _claimed(ctx: Context, work: _Work, folder: str) -> FileResult:
         finalized = None if others else batches.finalize_batch(ctx.store, batch=work.batch)
     steps.total()
     _log_outcome(work, fields, finalized)
-    return FileResult(
+    return AnonymizeResult(
         work.key,
         work.batch,
         "claimed",
