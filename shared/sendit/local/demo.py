@@ -113,7 +113,10 @@ def _batches(status_url: str) -> list[dict[str, Any]]:
     return list(body.get("batches", []))
 
 
-def _wait(status_url: str, expected: int, done: set[str], what: str, timeout: float) -> list[dict[str, Any]]:
+def _wait(
+    status_url: str, expected: int, done: set[str], what: str, timeout: float, files: int = 0
+) -> list[dict[str, Any]]:
+    """Until ``expected`` batches are all in ``done`` (and, with ``files``, hold that many files in all)."""
     deadline = time.monotonic() + timeout
     last = ""
     batches: list[dict[str, Any]] = []
@@ -130,7 +133,8 @@ def _wait(status_url: str, expected: int, done: set[str], what: str, timeout: fl
         if line != last:
             _say(line)
             last = line
-        if len(batches) >= expected and all(b["status"] in done for b in batches):
+        counted = sum(int((b.get("counts") or {}).get("total", 0)) for b in batches)
+        if len(batches) >= expected and all(b["status"] in done for b in batches) and counted >= files:
             return batches
         time.sleep(0.5)
     raise TimeoutError(f"{what}: not finished after {timeout:.0f} s")
@@ -176,7 +180,8 @@ def _run(stack: LocalStack, demo_dir: Path, began: float) -> int:
     _say("4. waiting for the anonymize function (status API)...")
     status_url, send_url = env["SENDIT_STATUS_URL"], env["SENDIT_SEND_URL"]
     settled: set[str] = {BatchState.DONEPROCESSING, BatchState.EMPTY}
-    batches = _wait(status_url, len(folders), settled, "processing", timeout=180)
+    # Every uploaded file counted: a batch is also DONEPROCESSING between two notifications of its upload.
+    batches = _wait(status_url, len(folders), settled, "processing", timeout=180, files=files)
     _say("5. POST send (HTTP trigger)...")
     code, body = _http("POST", send_url, {})
     _say(f"   {code}: {json.dumps(body)}")
