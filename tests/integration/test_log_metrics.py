@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -111,7 +112,7 @@ def lines(stack: Any, clients: Any, tmp_path_factory: pytest.TempPathFactory) ->
 
     settings = Settings.from_env(stack.settings_env())
     tmp = tmp_path_factory.mktemp("log-metrics")
-    tag = tmp.name[-6:].replace("_", "")
+    tag = uuid.uuid4().hex[:8]
     # 1. a delivered batch with one ANONYMIZED and one FAILED file
     batch = _upload(clients, settings, tmp, f"LM{tag}ok", text_file=True)
     docs = {d["state"]: d for d in files_of(clients, batch)}
