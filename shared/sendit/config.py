@@ -44,6 +44,16 @@ def _flag(value: str) -> bool:
     raise ValueError("expected true/false")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError("expected one of " + ", ".join(LOG_LEVELS))
+    return level
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip().upper() for part in value.split(",") if part.strip())
 
@@ -75,6 +85,7 @@ class Settings:
     # duplicate run (outputs are deterministic, the terminal write is preconditioned).
     lease_seconds: int = 60
     firestore_database: str = "(default)"  # SENDIT_FIRESTORE_DATABASE
+    log_level: str = "INFO"  # SENDIT_LOG_LEVEL: DEBUG | INFO | WARNING | ERROR | CRITICAL (sendit.logs.setup)
     batches_collection: str = "batches"  # SENDIT_BATCHES_COLLECTION
     files_collection: str = "files"  # SENDIT_FILES_COLLECTION
 
@@ -137,6 +148,7 @@ class Settings:
             problems.append("SENDIT_LEASE_SECONDS: must be at least 5")
         pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
         modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
+        log_level = conv("SENDIT_LOG_LEVEL", "INFO", _log_level)
 
         if missing or problems:
             parts = []
@@ -166,6 +178,7 @@ class Settings:
             max_attempts=attempts,
             lease_seconds=lease,
             firestore_database=source.get("SENDIT_FIRESTORE_DATABASE", "").strip() or "(default)",
+            log_level=log_level,
             batches_collection=topology()["firestore"]["batches"],
             files_collection=topology()["firestore"]["files"],
         )
