@@ -1,10 +1,11 @@
 """The local twin of the cloud deployment: emulators, resources from topology.json, function servers.
 
 ``LocalStack(workdir).start()`` brings up the four emulators and Orthanc (DICOMweb) in parallel, creates
-the buckets, topics, subscriptions (dead-letter policy included), dataset and table declared in ``topology.json``, starts one
-functions-framework server per function and wires each Pub/Sub-triggered function with a push
-subscription, as Eventarc would in the cloud. It writes ``stack.env`` (shell-sourceable) and
-``stack.pids`` into ``workdir``; ``stop()`` (or ``stop_from_pids``) ends every process it started.
+the buckets, topics, subscriptions (dead-letter policy included), dataset and table declared in
+``topology.json``, starts one functions-framework server per function and wires each Pub/Sub-triggered
+function with a push subscription, as Eventarc would in the cloud. It writes ``stack.env``
+(shell-sourceable) and ``stack.pids`` into ``workdir``; ``stop()`` (or ``stop_from_pids``) ends every
+process it started.
 """
 
 from __future__ import annotations
