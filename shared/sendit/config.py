@@ -116,7 +116,7 @@ class Settings:
     # the Healthcare API nor loopback) and the largest STOW-RS request (SENDIT_DICOMWEB_MAX_REQUEST_BYTES).
     delivery_targets: tuple[str, ...] = ("bucket",)
     dicomweb_url: str | None = None
-    dicomweb_auth_secret: str | None = None
+    dicomweb_auth_secret: str | None = field(default=None, repr=False)
     dicomweb_max_request_bytes: int = DICOMWEB_MAX_REQUEST_BYTES
 
     @classmethod

@@ -24,6 +24,8 @@ REQUIRED_KEYS = {
     "SENDIT_STAGING_BUCKET",
     "SENDIT_DESTINATION_BUCKET",
     "SENDIT_BIGQUERY_TABLE",
+    "SENDIT_DICOMWEB_URL",
+    "SENDIT_ORTHANC_URL",
     "SENDIT_UPLOAD_TOPIC",
     "SENDIT_SEND_URL",
     "SENDIT_STATUS_URL",
@@ -57,7 +59,7 @@ def test_up_writes_env_and_down_leaves_nothing(tmp_path: Path) -> None:
     assert set(env) >= REQUIRED_KEYS
     assert env["SENDIT_BIGQUERY_TABLE"].count(".") == 2
     pids = json.loads((tmp_path / "stack.pids").read_text())
-    assert len(pids) == 9 and all(_alive(pid) for pid in pids.values())
+    assert len(pids) == 10 and all(_alive(pid) for pid in pids.values())
     again = subprocess.run([*run, "up", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "already running" in again.stderr
     down = subprocess.run([*run, "down", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
