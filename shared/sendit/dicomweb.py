@@ -380,21 +380,30 @@ class DicomwebClient:
         return cls(settings.dicomweb_url, session, max_request_bytes=settings.dicomweb_max_request_bytes)
 
     # ------------------------------------------------------------ STOW-RS
-    def store(self, instances: Iterable[Instance]) -> StoreReport:
-        """Store every instance not already on the server; one result per SOP Instance UID."""
+    def store(self, instances: Iterable[Instance], *, skip_present: bool = True) -> StoreReport:
+        """Store every instance not already on the server; one result per SOP Instance UID.
+
+        ``skip_present=False`` sends without the QIDO-RS check (the server's own duplicate handling
+        then decides: Orthanc keeps the first copy, a 0x0111 answer counts as already present).
+        """
         report = StoreReport()
         series: dict[tuple[str, str], dict[str, Instance]] = {}
         for instance in instances:
             key = (instance.study_uid, instance.series_uid)
             series.setdefault(key, {}).setdefault(instance.sop_instance_uid, instance)
         for (study_uid, series_uid), by_uid in series.items():
-            self._store_series(study_uid, series_uid, list(by_uid.values()), report)
+            self._store_series(study_uid, series_uid, list(by_uid.values()), report, skip_present)
         return report
 
     def _store_series(
-        self, study_uid: str, series_uid: str, instances: list[Instance], report: StoreReport
+        self,
+        study_uid: str,
+        series_uid: str,
+        instances: list[Instance],
+        report: StoreReport,
+        skip_present: bool,
     ) -> None:
-        present = self.instance_uids(study_uid, series_uid)
+        present = self.instance_uids(study_uid, series_uid) if skip_present else set()
         pending = []
         for instance in instances:
             if instance.sop_instance_uid in present:

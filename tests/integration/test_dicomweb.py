@@ -102,6 +102,11 @@ def test_second_stow_stores_nothing_twice(stack: Any, client: dw.DicomwebClient)
     assert again.requests == 0  # QIDO-RS said they are there: nothing sent
     assert orthanc_instance_count(stack) == count
     assert len(client.search_instances(series[0].study_uid)) == 5
+    # Two deliveries racing past the QIDO-RS check: Orthanc keeps the first copy, stores nothing twice.
+    raced = client.store(series, skip_present=False)
+    assert raced.requests == 1 and raced.counts()["failed"] == 0
+    assert orthanc_instance_count(stack) == count
+    assert len(client.search_instances(series[0].study_uid)) == 5
 
 
 def test_partly_present_series_sends_only_the_missing(stack: Any, client: dw.DicomwebClient) -> None:
