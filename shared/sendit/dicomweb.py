@@ -25,7 +25,7 @@ import json
 import logging
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -122,12 +122,16 @@ class InstanceResult:
     failure_reason: int | None = None  # (0008,1197), when the server gave one
     warning_reason: int | None = None  # (0008,1196): stored with coercion or discarded elements
     http_status: int | None = None  # of the STOW-RS request that decided the outcome
+    invalid: bool = False  # refused before sending: not a DICOM instance with its three UIDs
 
     @property
     def reason(self) -> str | None:
-        """A short reason for a state record: ``dicomweb-failure-0x0110`` or ``dicomweb-http-400``."""
+        """A short reason for a state record: ``dicomweb-failure-0x0110``, ``dicomweb-http-400`` or
+        ``dicomweb-invalid-instance``."""
         if self.outcome != FAILED:
             return None
+        if self.invalid:
+            return "dicomweb-invalid-instance"
         if self.failure_reason is not None:
             return f"dicomweb-failure-0x{self.failure_reason:04X}"
         return f"dicomweb-http-{self.http_status}"
@@ -184,7 +188,12 @@ def _reason(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     raw = str(value).strip()
-    return int(raw, 16) if raw.lower().startswith("0x") else int(raw)
+    for base in (16, 10) if raw.lower().startswith("0x") else (10, 16):
+        try:
+            return int(raw, base)
+        except ValueError:
+            continue
+    return None  # an unreadable code must not hide which instances were stored
 
 
 def _parse_stow_json(text: bytes) -> StowResponse:
@@ -394,6 +403,26 @@ class DicomwebClient:
         for (study_uid, series_uid), by_uid in series.items():
             self._store_series(study_uid, series_uid, list(by_uid.values()), report, skip_present)
         return report
+
+    def store_files(
+        self, files: Mapping[str, bytes], *, skip_present: bool = True
+    ) -> tuple[dict[str, InstanceResult], StoreReport]:
+        """For the deliver stage: file key -> Part 10 bytes in, file key -> result out.
+
+        Bytes that are not a storable instance fail alone (``invalid``); two files with one SOP Instance
+        UID are sent once and get the same result.
+        """
+        instances: dict[str, Instance] = {}
+        results: dict[str, InstanceResult] = {}
+        for key, data in files.items():
+            try:
+                instances[key] = Instance.from_bytes(data)
+            except InvalidInstance:
+                results[key] = InstanceResult("", FAILED, invalid=True)
+        report = self.store(instances.values(), skip_present=skip_present)
+        for key, instance in instances.items():
+            results[key] = report.results[instance.sop_instance_uid]
+        return results, report
 
     def _store_series(
         self,

@@ -149,6 +149,20 @@ def test_a_malformed_dataset_fails_alone(client: dw.DicomwebClient) -> None:
     assert client.instance_uids(broken.study_uid) == uids(series) - {broken.sop_instance_uid}
 
 
+def test_store_files_maps_file_keys_to_results(client: dw.DicomwebClient) -> None:
+    series = make_series(3)
+    files = {f"batch/series/IMG_{n}.dcm": i.data for n, i in enumerate(series)}
+    files["batch/notes.txt"] = b"not DICOM"
+    files["batch/copy-of-IMG_0.dcm"] = series[0].data  # the same instance under another name
+    results, report = client.store_files(files)
+    assert set(results) == set(files)
+    assert results["batch/notes.txt"].outcome == "failed"
+    assert results["batch/notes.txt"].reason == "dicomweb-invalid-instance"
+    assert results["batch/copy-of-IMG_0.dcm"] == results["batch/series/IMG_0.dcm"]
+    assert [results[f"batch/series/IMG_{n}.dcm"].outcome for n in range(3)] == ["stored"] * 3
+    assert report.requests == 1 and client.instance_uids(series[0].study_uid) == uids(series)
+
+
 def test_orthanc_stopped_mid_stow_is_retried_and_completes(stack: Any) -> None:
     series = make_series(12)
     orthanc = stack.service("orthanc")

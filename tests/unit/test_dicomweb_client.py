@@ -117,6 +117,10 @@ def test_unparsable_or_empty_answers_name_nothing(body: bytes) -> None:
 def test_hex_reason_strings_are_read() -> None:
     body = XML_RESPONSE.replace(b">42752<", b">0xA700<")
     assert dw.parse_stow_response(body).failed[FAILED_REF] == 0xA700
+    # A bare hex code (no 0x) is read as hex; an unreadable one leaves the code out, not the instance.
+    assert dw.parse_stow_response(XML_RESPONSE.replace(b">42752<", b">A700<")).failed[FAILED_REF] == 0xA700
+    garbled = dw.parse_stow_response(XML_RESPONSE.replace(b">45056<", b">n/a<"))
+    assert garbled.stored == {OK_PLAIN: None, OK_COERCED: None}
 
 
 @pytest.mark.parametrize(
