@@ -34,6 +34,7 @@ locals {
     local.settings_env,
     var.settings.recipe == null ? {} : { SENDIT_RECIPE = var.settings.recipe },
     var.settings.identity_url == null ? {} : { SENDIT_IDENTITY_URL = var.settings.identity_url },
+    local.dicomweb_env, # healthcare.tf: the DICOM store as a delivery target (empty when off)
   )
 }
 

@@ -246,6 +246,8 @@ variable "encryption_keys" {
     pubsub    = optional(string)
     firestore = optional(string)
     secret    = optional(string)
+    # the Cloud Healthcare API dataset (healthcare.tf), when var.healthcare.enabled
+    healthcare = optional(string)
   })
   nullable = false
   default  = {}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,37 @@ def _log_level(value: str) -> str:
     return level
 
 
+DELIVERY_TARGETS = ("bucket", "dicomweb")
+DICOMWEB_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+_SECRET_VERSION = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
+
+
+def _targets(value: str) -> tuple[str, ...]:
+    targets = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",") if part.strip()))
+    if not targets or any(t not in DELIVERY_TARGETS for t in targets):
+        raise ValueError("expected bucket, dicomweb or bucket,dicomweb")
+    return targets
+
+
+def dicomweb_problems(url: str | None, secret: str | None) -> list[str]:
+    """What is wrong with a DICOMweb service root and its auth secret (never quoting either value)."""
+    if not url:
+        return []
+    parsed = urlsplit(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        return ["SENDIT_DICOMWEB_URL: expected an http(s) service root"]
+    problems = []
+    loopback = parsed.hostname in {"localhost", "127.0.0.1", "::1"}
+    if not loopback and parsed.scheme != "https":
+        problems.append("SENDIT_DICOMWEB_URL: a server off loopback must use https")
+    healthcare = parsed.hostname == "healthcare.googleapis.com"
+    if secret and not _SECRET_VERSION.match(secret):
+        problems.append("SENDIT_DICOMWEB_AUTH_SECRET: expected projects/P/secrets/S/versions/V")
+    if not loopback and not healthcare and not secret:
+        problems.append("SENDIT_DICOMWEB_AUTH_SECRET: required for a DICOMweb server off loopback")
+    return problems
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip().upper() for part in value.split(",") if part.strip())
 
@@ -88,6 +121,14 @@ class Settings:
     log_level: str = "INFO"  # SENDIT_LOG_LEVEL: DEBUG | INFO | WARNING | ERROR | CRITICAL (sendit.logs.setup)
     batches_collection: str = "batches"  # SENDIT_BATCHES_COLLECTION
     files_collection: str = "files"  # SENDIT_FILES_COLLECTION
+    # Delivery targets (SENDIT_DELIVERY_TARGETS: bucket | bucket,dicomweb | dicomweb) and the DICOMweb
+    # server: its service root (SENDIT_DICOMWEB_URL), the Secret Manager secret version holding
+    # "user:password" for HTTP basic auth (SENDIT_DICOMWEB_AUTH_SECRET; only for a server that is neither
+    # the Healthcare API nor loopback) and the largest STOW-RS request (SENDIT_DICOMWEB_MAX_REQUEST_BYTES).
+    delivery_targets: tuple[str, ...] = ("bucket",)
+    dicomweb_url: str | None = None
+    dicomweb_auth_secret: str | None = field(default=None, repr=False)
+    dicomweb_max_request_bytes: int = DICOMWEB_MAX_REQUEST_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_key: bool = True) -> Settings:
@@ -149,6 +190,15 @@ class Settings:
         pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
         modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
         log_level = conv("SENDIT_LOG_LEVEL", "INFO", _log_level)
+        targets = conv("SENDIT_DELIVERY_TARGETS", ("bucket",), _targets)
+        dicomweb_url = source.get("SENDIT_DICOMWEB_URL", "").strip().rstrip("/") or None
+        dicomweb_secret = source.get("SENDIT_DICOMWEB_AUTH_SECRET", "").strip() or None
+        if "dicomweb" in targets and not dicomweb_url:
+            missing.append("SENDIT_DICOMWEB_URL (required by SENDIT_DELIVERY_TARGETS=dicomweb)")
+        problems.extend(dicomweb_problems(dicomweb_url, dicomweb_secret))
+        max_request = conv("SENDIT_DICOMWEB_MAX_REQUEST_BYTES", DICOMWEB_MAX_REQUEST_BYTES, int)
+        if max_request < 64 * 1024:
+            problems.append("SENDIT_DICOMWEB_MAX_REQUEST_BYTES: must be at least 65536")
 
         if missing or problems:
             parts = []
@@ -181,4 +231,8 @@ class Settings:
             log_level=log_level,
             batches_collection=topology()["firestore"]["batches"],
             files_collection=topology()["firestore"]["files"],
+            delivery_targets=targets,
+            dicomweb_url=dicomweb_url,
+            dicomweb_auth_secret=dicomweb_secret,
+            dicomweb_max_request_bytes=max_request,
         )
