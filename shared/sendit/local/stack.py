@@ -23,7 +23,7 @@ from typing import Any
 
 from sendit.local import emulators
 from sendit.local.emulators import Service, StackError, free_port, http_ok
-from sendit.resources import bigquery_schema, topology
+from sendit.resources import bigquery_schema, study_schema, topology
 
 LOCAL_PROJECT = "sendit-local"
 # A development key for the local stack only; the cloud reads SENDIT_SECRET_KEY from Secret Manager.
@@ -76,6 +76,11 @@ class LocalStack:
         return f"{self.project}.{bq['dataset']}.{bq['table']}"
 
     @property
+    def study_table_id(self) -> str:
+        bq = self.names["bigquery"]
+        return f"{self.project}.{bq['dataset']}.{bq['study_table']}"
+
+    @property
     def orthanc_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.orthanc_http}"
 
@@ -101,6 +106,7 @@ class LocalStack:
             SENDIT_PROCESSING_BUCKET=self.bucket("processing"),
             SENDIT_DESTINATION_BUCKET=self.bucket("destination"),
             SENDIT_BIGQUERY_TABLE=self.table_id,
+            SENDIT_STUDY_TABLE=self.study_table_id,
             SENDIT_DELIVER_TOPIC=self.topic("deliver"),
             SENDIT_UPLOAD_TOPIC=self.topic("uploads"),
             SENDIT_SECRET_KEY=os.environ.get("SENDIT_SECRET_KEY") or LOCAL_DEV_KEY,
@@ -255,6 +261,9 @@ class LocalStack:
         schema = [bigquery.SchemaField.from_api_repr(f) for f in bigquery_schema()]
         with contextlib.suppress(Conflict):
             client.create_table(bigquery.Table(self.table_id, schema=schema), timeout=30)
+        study = [bigquery.SchemaField.from_api_repr(f) for f in study_schema()]
+        with contextlib.suppress(Conflict):
+            client.create_table(bigquery.Table(self.study_table_id, schema=study), timeout=30)
 
     def wire_push_subscriptions(self) -> None:
         for sub_name, sub in self.names["subscriptions"].items():
