@@ -228,6 +228,49 @@ class LocalStack:
                 return
         raise KeyError(service_name)
 
+    def start_broker(self, token: str, *, name: str = "identity broker") -> str:
+        """Start the reference honest broker (sendit.local.broker) as one more stack process; return its URL.
+
+        Only when asked (a test fixture, an operator trying the http identity provider): the functions keep
+        the hmac provider unless their environment says otherwise. The token goes through a private file.
+        """
+        port = free_port()
+        folder = self.workdir / "broker" / name.replace(" ", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        token_file = folder / "token"
+        token_file.write_text(token, encoding="utf-8")
+        token_file.chmod(0o600)
+        url = f"http://127.0.0.1:{port}"
+        service = Service(
+            name=name,
+            argv=[
+                sys.executable,
+                "-m",
+                "sendit.local.broker",
+                "--port",
+                str(port),
+                "--token-file",
+                str(token_file),
+                "--db",
+                str(folder / "mapping.sqlite"),
+            ],
+            ready=functools.partial(http_ok, f"{url}/healthz"),
+            env=emulators.private_env(self.workdir / "home-broker"),
+            log_path=self.workdir / "logs" / f"{name.replace(' ', '-')}.log",
+        )
+        self.services.append(service)
+        service.start()
+        service.wait_ready(time.monotonic() + 30)
+        self._write_files()
+        return url
+
+    def stop_service(self, name: str) -> None:
+        """Stop one process the stack started and forget it (e.g. the broker a test asked for)."""
+        service = self.service(name)
+        service.stop()
+        self.services.remove(service)
+        self._write_files()
+
     def service(self, name: str) -> Service:
         for service in self.services:
             if service.name == name:
