@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     import requests
     from pydicom.dataset import Dataset
 
-    from sendit.config import Settings
-
 log = logging.getLogger(__name__)
 
 MIN_KEY_BYTES = 16
@@ -376,8 +374,9 @@ def _loopback(url: str) -> bool:
     return (urlsplit(url).hostname or "") in {"127.0.0.1", "localhost", "::1"}
 
 
-def provider_from_settings(settings: Settings) -> IdentityProvider | None:
-    """The configured identity provider: None for the default keyed one, else the HTTP broker client.
+def provider_from_settings(settings: Any) -> IdentityProvider | None:
+    """The configured identity provider (``settings``: a ``sendit.config.Settings``; not imported here,
+    config sits above the engine): None for the default keyed one, else the HTTP broker client.
 
     Raises ``ValueError`` naming the variable when the configuration cannot work (never a value).
     """
@@ -410,5 +409,5 @@ def provider_from_settings(settings: Settings) -> IdentityProvider | None:
     )
 
 
-def id_source_from_settings(settings: Settings) -> IdSource:
+def id_source_from_settings(settings: Any) -> IdSource:
     return IdSource(settings.entity_id, settings.item_id)
