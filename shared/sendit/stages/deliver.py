@@ -79,8 +79,10 @@ def deliver_batch(
     *,
     owner: str | None = None,
     insert_rows: InsertRows | None = None,
+    clock: Callable[[], datetime] = deliveries.now,
 ) -> Delivery:
-    """Deliver one SENDING batch (see the module doc). ``insert_rows`` replaces ``rows.insert_rows``."""
+    """Deliver one SENDING batch (see the module doc). ``insert_rows`` replaces ``rows.insert_rows``;
+    ``clock`` gives the delivery's time (``sent_at``, the record's ``at``)."""
     owner = owner or uuid.uuid4().hex
     began = time.monotonic()
     claim = deliveries.claim_delivery(ctx.store, batch_id=batch_id, delivery_id=delivery_id, owner=owner)
@@ -98,7 +100,7 @@ def deliver_batch(
         return result
     result.delivery_id = claim.delivery_id or uuid.uuid4().hex
     try:
-        _deliver(ctx, claim, result, owner, insert_rows or rows.insert_rows)
+        _deliver(ctx, claim, result, owner, insert_rows or rows.insert_rows, clock)
     except BaseException:
         deliveries.release_delivery(ctx.store, batch_id=batch_id, owner=owner)
         raise
@@ -123,11 +125,16 @@ def deliver_batch(
 
 
 def _deliver(
-    ctx: Context, claim: DeliveryClaim, result: Delivery, owner: str, insert_rows: InsertRows
+    ctx: Context,
+    claim: DeliveryClaim,
+    result: Delivery,
+    owner: str,
+    insert_rows: InsertRows,
+    clock: Callable[[], datetime],
 ) -> None:
     settings, store = ctx.settings, ctx.store
     batch_id, delivery_id = result.batch_id, str(result.delivery_id)
-    sent_at = deliveries.now()
+    sent_at = clock()
     docs = files.files_of_batch(store, batch=batch_id, state=FileState.ANONYMIZED)
     items = _items(ctx, batch_id, docs, result)
     _write_objects(ctx, items, claim, delivery_id, result)
