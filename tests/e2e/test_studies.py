@@ -187,3 +187,60 @@ def test_the_cohort_query_of_the_docs(ctx: Any, tmp_path: Path, batch_name: str)
     mr_date: date = rows["MR"]["study_date"]
     assert run("MR", 0, mr_date, mr_date) == {rows["MR"]["study_uid"]}
     assert run("MR", 1, mr_date, mr_date) == set()
+
+
+def test_end_to_end_upload_send_and_resend(stack: Any, ctx: Any, tmp_path: Path, batch_name: str) -> None:
+    """Real upload -> anonymize -> POST /send -> deliver over Pub/Sub: one study row, checked against the
+    image rows, the file documents' reasons and the bucket; a re-send adds none."""
+    import subprocess
+
+    from support.dicom import write_study
+
+    from sendit import naming
+
+    env = stack.stack_env()
+    status_url, send_url = env["SENDIT_STATUS_URL"], env["SENDIT_SEND_URL"]
+    base = random.randrange(10**6, 10**9)
+    folder = tmp_path / batch_name
+    write_study(folder, StudySpec(modality="CT", series=2, instances=2, study_index=base), folder="ct")
+    write_study(folder, StudySpec(instances=1, study_index=base + 1, burned_in=True), folder="burned")
+    (folder / "notes.txt").write_text("not a DICOM file\n")
+    phi.uploaded(f"{batch_name}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*") if p.is_file())
+    batch_id = naming.batch_id(ctx.settings.secret_key, ctx.settings.staging_bucket, batch_name)
+    subprocess.run([env["SENDIT_UPLOAD_CMD"], str(folder)], check=True, timeout=120)
+
+    def all_done() -> bool:
+        code, body = kit.get_json(f"{status_url}/batches/{batch_id}", params={"page_size": 1})
+        return code == 200 and body["status"] == "DONEPROCESSING" and body["counts"].get("total") == 6
+
+    kit.wait_for(all_done, 120, 0.1, "all six files received and terminal")
+    code, body = kit.post(send_url, {"batches": [batch_id]})
+    assert code == 202 and body["queued"] == [batch_id], body
+    kit.wait_for(lambda: kit.batch_status(status_url, batch_id) == "SENT", 120, 0.1, "batch SENT")
+
+    (row,) = study_rows(ctx, batch_id)
+    images = kit.bigquery_rows(ctx, batch_id)
+    docs = kit.file_docs(ctx, batch_id)
+    reasons = {d["state"]: d["reason"] for d in docs if d["state"] in ("SKIPPED", "FAILED")}
+    assert sorted(d["state"] for d in docs) == ["FAILED", "SENT", "SENT", "SENT", "SENT", "SKIPPED"]
+    assert (row["images_delivered"], row["images_skipped"], row["images_failed"]) == (4, 1, 1)
+    assert row["skipped"] == [{"reason": reasons["SKIPPED"], "images": 1}]
+    assert row["failed"] == [{"reason": reasons["FAILED"], "images": 1}]
+    assert row["study_uid"] == images[0]["study_uid"] and len(images) == 4
+    assert row["series_count"] == 2 and sorted(s["images"] for s in row["series"]) == [2, 2]
+    assert {s["series_uid"] for s in row["series"]} == {r["series_uid"] for r in images}
+    blobs = list(
+        ctx.clients.storage.list_blobs(
+            ctx.settings.destination_bucket, prefix=row["gcs_prefix"][5:].split("/", 1)[1]
+        )
+    )
+    assert sorted(f"gs://{b.bucket.name}/{b.name}" for b in blobs) == sorted(r["uri"] for r in images)
+    assert row["bytes"] == sum(b.size for b in blobs)
+    delivery = kit.batch_doc(ctx, batch_id)["deliveries"][0]
+    assert row["delivery_id"] == delivery["delivery_id"] and delivery["studies"] == 1
+    assert delivery["unattributed"] == {}
+
+    code, again = kit.post(send_url, {"batches": [batch_id]})
+    # queued == [] is the positive signal: no delivery message was published, so the table can be read now
+    assert code == 200 and again["already_sent"] == [batch_id] and again["queued"] == [], again
+    assert len(study_rows(ctx, batch_id)) == 1
