@@ -141,7 +141,9 @@ def test_counts_by_reason_and_a_retry_after_the_insert(ctx: Any, tmp_path: Path,
 
 
 def test_tar_layout_and_dicomweb_links(ctx: Any, tmp_path: Path, batch_name: str) -> None:
-    settings = dataclasses.replace(ctx.settings, delivery_layout="tar", cleanup="never")
+    settings = dataclasses.replace(
+        ctx.settings, delivery_layout="tar", cleanup="never", delivery_targets=("bucket", "dicomweb")
+    )
     tar_ctx = kit.context(settings, ctx.clients)
     seeded = kit.seed_batch(tar_ctx, tmp_path, batch_name, _studies()[:1])
     _send(tar_ctx, seeded.batch_id)
@@ -151,6 +153,7 @@ def test_tar_layout_and_dicomweb_links(ctx: Any, tmp_path: Path, batch_name: str
     blob = tar_ctx.clients.storage.bucket(settings.destination_bucket).get_blob(image_uri.split("/", 3)[3])
     assert row["bytes"] == blob.size
     assert row["https_url"] == f"https://storage.cloud.google.com/{image_uri[5:]}"
+    assert row["dicomweb_url"] == f"{settings.dicomweb_url}/studies/{row['study_uid']}"
 
 
 def cohort_query() -> str:
