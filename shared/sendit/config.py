@@ -6,35 +6,17 @@ Every value a function or the CLI needs comes from here. ``Settings.from_env()``
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from sendit.errors import ConfigError
+from sendit.resources import topology
 
-class ConfigError(ValueError):
-    """A required setting is missing or malformed."""
-
-
-@cache
-def topology() -> dict[str, Any]:
-    """The one declaration of buckets, topics, subscriptions, table and functions (shared with Terraform)."""
-    text = resources.files("sendit").joinpath("topology.json").read_text(encoding="utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
-@cache
-def bigquery_schema() -> list[dict[str, Any]]:
-    """The BigQuery table schema (the same JSON file Terraform uses)."""
-    text = resources.files("sendit").joinpath("schema/dicom.json").read_text(encoding="utf-8")
-    schema: list[dict[str, Any]] = json.loads(text)
-    return schema
+__all__ = ["ConfigError", "Settings"]
 
 
 def _flag(value: str) -> bool:
@@ -91,6 +73,53 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip().upper() for part in value.split(",") if part.strip())
 
 
+class _Reader:
+    """Reads variables from one mapping and collects what is missing or malformed (never a value)."""
+
+    def __init__(self, source: Mapping[str, str]) -> None:
+        self.source = source
+        self.missing: list[str] = []
+        self.problems: list[str] = []
+
+    def need(self, name: str) -> str:
+        value = self.source.get(name, "").strip()
+        if not value:
+            self.missing.append(name)
+        return value
+
+    def conv(self, name: str, default: Any, parse: Any) -> Any:
+        raw = self.source.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            # Our own parsers say what they expect; int()'s message would quote the value.
+            self.problems.append(f"{name}: {exc if parse is not int else 'expected a whole number'}")
+            return default
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = str(self.conv(name, default, lambda v: v.strip().lower()))
+        if value not in allowed:
+            self.problems.append(f"{name}: expected {' or '.join(allowed)}")
+        return value
+
+    def at_least(self, name: str, default: int, minimum: int) -> int:
+        value = int(self.conv(name, default, int))
+        if value < minimum:
+            self.problems.append(f"{name}: must be at least {minimum}")
+        return value
+
+    def raise_if_any(self) -> None:
+        if self.missing or self.problems:
+            parts = []
+            if self.missing:
+                parts.append("missing: " + ", ".join(self.missing))
+            if self.problems:
+                parts.append("invalid: " + "; ".join(self.problems))
+            raise ConfigError("sendit configuration error - " + " | ".join(parts))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration of sendit. Field docs name the environment variable."""
@@ -133,106 +162,72 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_key: bool = True) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise ConfigError naming every problem."""
-        source = os.environ if env is None else env
-        missing: list[str] = []
-        problems: list[str] = []
-
-        def need(name: str) -> str:
-            value = source.get(name, "").strip()
-            if not value:
-                missing.append(name)
-            return value
-
-        def conv(name: str, default: Any, parse: Any) -> Any:
-            raw = source.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                return parse(raw)
-            except ValueError as exc:
-                # Our own parsers say what they expect; int()'s message would quote the value.
-                problems.append(f"{name}: {exc if parse is not int else 'expected a whole number'}")
-                return default
-
-        project = need("GOOGLE_CLOUD_PROJECT")
-        staging = need("SENDIT_STAGING_BUCKET")
-        processing = need("SENDIT_PROCESSING_BUCKET")
-        destination = need("SENDIT_DESTINATION_BUCKET")
-        table = need("SENDIT_BIGQUERY_TABLE")
-        deliver_topic = need("SENDIT_DELIVER_TOPIC")
-        key = source.get("SENDIT_SECRET_KEY", "")
-        if require_key and len(key.strip()) < 16:
-            missing.append("SENDIT_SECRET_KEY (at least 16 characters)")
-        if table and table.count(".") != 2:
-            problems.append("SENDIT_BIGQUERY_TABLE: expected project.dataset.table")
-
-        identity = conv("SENDIT_IDENTITY_PROVIDER", "hmac", lambda v: v.strip().lower())
-        if identity not in {"hmac", "http"}:
-            problems.append("SENDIT_IDENTITY_PROVIDER: expected hmac or http")
-        identity_url = source.get("SENDIT_IDENTITY_URL") or None
-        if identity == "http" and not identity_url:
-            missing.append("SENDIT_IDENTITY_URL (required by SENDIT_IDENTITY_PROVIDER=http)")
-        layout = conv("SENDIT_DELIVERY_LAYOUT", "instance", lambda v: v.strip().lower())
-        if layout not in {"instance", "tar"}:
-            problems.append("SENDIT_DELIVERY_LAYOUT: expected instance or tar")
-        cleanup = conv("SENDIT_CLEANUP", "after-send", lambda v: v.strip().lower())
-        if cleanup not in {"after-send", "never"}:
-            problems.append("SENDIT_CLEANUP: expected after-send or never")
-        shift = conv("SENDIT_DATE_SHIFT_MAX_DAYS", 365, int)
-        if shift < 1:
-            problems.append("SENDIT_DATE_SHIFT_MAX_DAYS: must be at least 1")
-        attempts = conv("SENDIT_MAX_ATTEMPTS", 5, int)
-        if attempts < 1:
-            problems.append("SENDIT_MAX_ATTEMPTS: must be at least 1")
-        lease = conv("SENDIT_LEASE_SECONDS", 60, int)
-        if lease < 5:
-            problems.append("SENDIT_LEASE_SECONDS: must be at least 5")
-        pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
-        modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
-        log_level = conv("SENDIT_LOG_LEVEL", "INFO", _log_level)
-        targets = conv("SENDIT_DELIVERY_TARGETS", ("bucket",), _targets)
-        dicomweb_url = source.get("SENDIT_DICOMWEB_URL", "").strip().rstrip("/") or None
-        dicomweb_secret = source.get("SENDIT_DICOMWEB_AUTH_SECRET", "").strip() or None
-        if "dicomweb" in targets and not dicomweb_url:
-            missing.append("SENDIT_DICOMWEB_URL (required by SENDIT_DELIVERY_TARGETS=dicomweb)")
-        problems.extend(dicomweb_problems(dicomweb_url, dicomweb_secret))
-        max_request = conv("SENDIT_DICOMWEB_MAX_REQUEST_BYTES", DICOMWEB_MAX_REQUEST_BYTES, int)
-        if max_request < 64 * 1024:
-            problems.append("SENDIT_DICOMWEB_MAX_REQUEST_BYTES: must be at least 65536")
-
-        if missing or problems:
-            parts = []
-            if missing:
-                parts.append("missing: " + ", ".join(missing))
-            if problems:
-                parts.append("invalid: " + "; ".join(problems))
-            raise ConfigError("sendit configuration error - " + " | ".join(parts))
-
+        read = _Reader(os.environ if env is None else env)
+        values = {**_required(read, require_key), **_options(read), **_delivery(read)}
+        read.raise_if_any()
         return cls(
-            project=project,
-            staging_bucket=staging,
-            processing_bucket=processing,
-            destination_bucket=destination,
-            bigquery_table=table,
-            deliver_topic=deliver_topic,
-            secret_key=key.strip().encode("utf-8"),
-            collection=source.get("SENDIT_COLLECTION", "").strip() or "sendit",
-            recipe_path=source.get("SENDIT_RECIPE") or None,
-            allowed_modalities=modalities,
-            date_shift_max_days=shift,
-            identity_provider=identity,
-            identity_url=identity_url,
-            pixel_cleaning=pixel_cleaning,
-            delivery_layout=layout,
-            cleanup=cleanup,
-            max_attempts=attempts,
-            lease_seconds=lease,
-            firestore_database=source.get("SENDIT_FIRESTORE_DATABASE", "").strip() or "(default)",
-            log_level=log_level,
+            **values,
             batches_collection=topology()["firestore"]["batches"],
             files_collection=topology()["firestore"]["files"],
-            delivery_targets=targets,
-            dicomweb_url=dicomweb_url,
-            dicomweb_auth_secret=dicomweb_secret,
-            dicomweb_max_request_bytes=max_request,
         )
+
+
+def _required(read: _Reader, require_key: bool) -> dict[str, Any]:
+    """Where the pipeline's data lives, and the key (only the functions marked needs_key get it)."""
+    values = {
+        "project": read.need("GOOGLE_CLOUD_PROJECT"),
+        "staging_bucket": read.need("SENDIT_STAGING_BUCKET"),
+        "processing_bucket": read.need("SENDIT_PROCESSING_BUCKET"),
+        "destination_bucket": read.need("SENDIT_DESTINATION_BUCKET"),
+        "bigquery_table": read.need("SENDIT_BIGQUERY_TABLE"),
+        "deliver_topic": read.need("SENDIT_DELIVER_TOPIC"),
+    }
+    key = read.source.get("SENDIT_SECRET_KEY", "")
+    if require_key and len(key.strip()) < 16:
+        read.missing.append("SENDIT_SECRET_KEY (at least 16 characters)")
+    table = values["bigquery_table"]
+    if table and table.count(".") != 2:
+        read.problems.append("SENDIT_BIGQUERY_TABLE: expected project.dataset.table")
+    return {**values, "secret_key": key.strip().encode("utf-8")}
+
+
+def _options(read: _Reader) -> dict[str, Any]:
+    """De-identification, retries, layout, cleanup and logging: everything with a default."""
+    source = read.source
+    identity = read.choice("SENDIT_IDENTITY_PROVIDER", "hmac", ("hmac", "http"))
+    identity_url = source.get("SENDIT_IDENTITY_URL") or None
+    if identity == "http" and not identity_url:
+        read.missing.append("SENDIT_IDENTITY_URL (required by SENDIT_IDENTITY_PROVIDER=http)")
+    return {
+        "collection": source.get("SENDIT_COLLECTION", "").strip() or "sendit",
+        "recipe_path": source.get("SENDIT_RECIPE") or None,
+        "allowed_modalities": read.conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv),
+        "date_shift_max_days": read.at_least("SENDIT_DATE_SHIFT_MAX_DAYS", 365, 1),
+        "identity_provider": identity,
+        "identity_url": identity_url,
+        "pixel_cleaning": read.conv("SENDIT_PIXEL_CLEANING", False, _flag),
+        "delivery_layout": read.choice("SENDIT_DELIVERY_LAYOUT", "instance", ("instance", "tar")),
+        "cleanup": read.choice("SENDIT_CLEANUP", "after-send", ("after-send", "never")),
+        "max_attempts": read.at_least("SENDIT_MAX_ATTEMPTS", 5, 1),
+        "lease_seconds": read.at_least("SENDIT_LEASE_SECONDS", 60, 5),
+        "firestore_database": source.get("SENDIT_FIRESTORE_DATABASE", "").strip() or "(default)",
+        "log_level": read.conv("SENDIT_LOG_LEVEL", "INFO", _log_level),
+    }
+
+
+def _delivery(read: _Reader) -> dict[str, Any]:
+    """The delivery targets and the DICOMweb server."""
+    targets = read.conv("SENDIT_DELIVERY_TARGETS", ("bucket",), _targets)
+    dicomweb_url = read.source.get("SENDIT_DICOMWEB_URL", "").strip().rstrip("/") or None
+    dicomweb_secret = read.source.get("SENDIT_DICOMWEB_AUTH_SECRET", "").strip() or None
+    if "dicomweb" in targets and not dicomweb_url:
+        read.missing.append("SENDIT_DICOMWEB_URL (required by SENDIT_DELIVERY_TARGETS=dicomweb)")
+    read.problems.extend(dicomweb_problems(dicomweb_url, dicomweb_secret))
+    return {
+        "delivery_targets": targets,
+        "dicomweb_url": dicomweb_url,
+        "dicomweb_auth_secret": dicomweb_secret,
+        "dicomweb_max_request_bytes": read.at_least(
+            "SENDIT_DICOMWEB_MAX_REQUEST_BYTES", DICOMWEB_MAX_REQUEST_BYTES, 64 * 1024
+        ),
+    }

@@ -81,10 +81,6 @@ def setup(level: int | str = logging.INFO) -> None:
     root.addHandler(handler)
 
 
-def get(name: str) -> logging.Logger:
-    return logging.getLogger(name)
-
-
 def digest(value: str | bytes, length: int = 12) -> str:
     """A short, unkeyed SHA-256 hash for correlating log lines (e.g. of an object name)."""
     raw = value.encode("utf-8") if isinstance(value, str) else value

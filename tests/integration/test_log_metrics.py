@@ -22,14 +22,16 @@ from typing import Any
 
 import pytest
 import requests
-from dicom_factory import StudySpec, write_study
-from log_metrics_kit import function_entries, metric_filters
-from logquery import compile_filter
-from pipeline_helpers import batch_of, files_of, upload_tree, wait_batch, wait_for
+from support.dicom import StudySpec, write_study
+from support.log_metrics import function_entries, metric_filters
+from support.logquery import compile_filter
+from support.pipeline import batch_doc, batch_of, files_of, upload_tree, wait_batch, wait_for
 
-from sendit import delivery_state as ds
-from sendit import state
+from sendit import naming
 from sendit.events import ObjectFinalized
+from sendit.store import files
+from sendit.store.base import Store, now
+from sendit.store.vocabulary import BatchState, FileState
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -91,7 +93,7 @@ def _upload(clients: Any, settings: Any, tmp_path: Path, folder: str, text_file:
         (tmp_path / folder / "notes.txt").write_text("not an image\n")
     upload_tree(clients, settings.staging_bucket, tmp_path / folder, prefix=f"{folder}/")
     batch = batch_of(settings, folder)
-    wait_batch(clients, batch, {state.DONEPROCESSING}, 2 if text_file else 1, timeout=90)
+    wait_batch(clients, batch, {BatchState.DONEPROCESSING}, 2 if text_file else 1, timeout=90)
     return batch
 
 
@@ -99,11 +101,13 @@ def _poison_upload(stack: Any, clients: Any, settings: Any, folder: str) -> tupl
     """A notification whose file lease is held for an hour: every delivery is 'busy' until dead-lettered."""
     obj = ObjectFinalized(settings.staging_bucket, f"{folder}/stuck.dcm", "1700000000000007", 0, None, "e")
     batch = batch_of(settings, folder)
-    claim = state.claim_file(clients.firestore, obj, batch, max_attempts=5, lease_seconds=3600)
+    claim = files.claim_file(
+        Store.of(clients.firestore), obj=obj, batch=batch, max_attempts=5, lease_seconds=3600
+    )
     assert claim.kind == "claimed"
     data, attributes = _notification(obj)
     clients.publisher.publish(clients.topic_path(stack.topic("uploads")), data, **attributes).result(10)
-    return batch, state.file_key(obj.bucket, obj.name, obj.generation)
+    return batch, naming.file_key(obj.bucket, obj.name, obj.generation)
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +120,11 @@ def lines(stack: Any, clients: Any, tmp_path_factory: pytest.TempPathFactory) ->
     # 1. a delivered batch with one ANONYMIZED and one FAILED file
     batch = _upload(clients, settings, tmp, f"LM{tag}ok", text_file=True)
     docs = {d["state"]: d for d in files_of(clients, batch)}
-    assert set(docs) == {state.ANONYMIZED, state.FAILED}, docs
-    good, bad = docs[state.ANONYMIZED], docs[state.FAILED]
+    assert set(docs) == {FileState.ANONYMIZED, FileState.FAILED}, docs
+    good, bad = docs[FileState.ANONYMIZED], docs[FileState.FAILED]
     # 2. a batch whose delivery lease is held by a dead instance: the deliver message dead-letters
     stuck = _upload(clients, settings, tmp, f"LM{tag}stuck", text_file=False)
-    lease = {"deliver_lease": {"owner": "a-dead-instance", "until": ds.now() + timedelta(seconds=600)}}
+    lease = {"deliver_lease": {"owner": "a-dead-instance", "until": now() + timedelta(seconds=600)}}
     clients.firestore.collection(settings.batches_collection).document(stuck).update(lease)
     _send(stack, stuck)
     # 3. a poison upload notification (dead-lettered after 5 deliveries), meanwhile
@@ -132,13 +136,13 @@ def lines(stack: Any, clients: Any, tmp_path_factory: pytest.TempPathFactory) ->
     duplicate_id = clients.publisher.publish(topic, data, **attributes).result(10)
     _send(stack, batch)
 
-    wait_for(lambda: state.get_batch(clients.firestore, batch)["status"] == "SENT", 60, 0.5, "the batch SENT")
-    wait_batch(clients, poison_batch, {state.EMPTY}, 1, timeout=120)
+    wait_for(lambda: batch_doc(clients, batch)["status"] == "SENT", 60, 0.5, "the batch SENT")
+    wait_batch(clients, poison_batch, {BatchState.EMPTY}, 1, timeout=120)
     (dead,) = files_of(clients, poison_batch)
-    assert dead["state"] == state.FAILED and dead["reason"] == "dead-lettered after 5 deliveries"
+    assert dead["state"] == FileState.FAILED and dead["reason"] == "dead-lettered after 5 deliveries"
 
     def reset() -> bool:
-        doc = state.get_batch(clients.firestore, stuck)
+        doc = batch_doc(clients, stuck)
         return doc["status"] == "DONEPROCESSING" and doc["has_error"] is True
 
     wait_for(reset, 120, 0.5, "the dead-lettered delivery to put its batch back")

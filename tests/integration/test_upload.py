@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from google.cloud import pubsub_v1
-from polling import wait_for
+from support.polling import wait_for
 
 from sendit.local.samples import StudySpec, write_study
 from sendit.manifest import MANIFEST_NAME, Manifest, is_manifest

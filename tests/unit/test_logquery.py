@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from log_metrics_kit import function_names, metric_filters
-from logquery import QueryError, cloud_run_entry, compile_filter, matches
+from support.log_metrics import function_names, metric_filters
+from support.logquery import QueryError, cloud_run_entry, compile_filter, matches
 
 ENTRY: dict[str, Any] = {
     "logName": "projects/p/logs/run.googleapis.com%2Fstdout",

@@ -20,6 +20,7 @@ from typing import Any
 
 from sendit.local.samples import PLANTED, StudySpec, write_study
 from sendit.local.stack import LocalStack, StackError
+from sendit.store.vocabulary import BatchState
 
 # Identifiers in the demo's second synthetic patient and in the real sample files' headers.
 REAL_SAMPLE_IDENTIFIERS = [
@@ -112,7 +113,10 @@ def _batches(status_url: str) -> list[dict[str, Any]]:
     return list(body.get("batches", []))
 
 
-def _wait(status_url: str, expected: int, done: set[str], what: str, timeout: float) -> list[dict[str, Any]]:
+def _wait(
+    status_url: str, expected: int, done: set[str], what: str, timeout: float, files: int = 0
+) -> list[dict[str, Any]]:
+    """Until ``expected`` batches are all in ``done`` (and, with ``files``, hold that many files in all)."""
     deadline = time.monotonic() + timeout
     last = ""
     batches: list[dict[str, Any]] = []
@@ -129,7 +133,8 @@ def _wait(status_url: str, expected: int, done: set[str], what: str, timeout: fl
         if line != last:
             _say(line)
             last = line
-        if len(batches) >= expected and all(b["status"] in done for b in batches):
+        counted = sum(int((b.get("counts") or {}).get("total", 0)) for b in batches)
+        if len(batches) >= expected and all(b["status"] in done for b in batches) and counted >= files:
             return batches
         time.sleep(0.5)
     raise TimeoutError(f"{what}: not finished after {timeout:.0f} s")
@@ -174,14 +179,16 @@ def _run(stack: LocalStack, demo_dir: Path, began: float) -> int:
     subprocess.run([env["SENDIT_UPLOAD_CMD"], *map(str, folders)], check=True)
     _say("4. waiting for the anonymize function (status API)...")
     status_url, send_url = env["SENDIT_STATUS_URL"], env["SENDIT_SEND_URL"]
-    batches = _wait(status_url, len(folders), {"DONEPROCESSING", "EMPTY"}, "processing", timeout=180)
+    settled: set[str] = {BatchState.DONEPROCESSING, BatchState.EMPTY}
+    # Every uploaded file counted: a batch is also DONEPROCESSING between two notifications of its upload.
+    batches = _wait(status_url, len(folders), settled, "processing", timeout=180, files=files)
     _say("5. POST send (HTTP trigger)...")
     code, body = _http("POST", send_url, {})
     _say(f"   {code}: {json.dumps(body)}")
     if code >= 400:
         raise RuntimeError(f"send answered {code}")
-    ready = [b for b in batches if b["status"] == "DONEPROCESSING"]
-    _wait(status_url, len(folders), {"SENT", "EMPTY"}, "delivering", timeout=180)
+    ready = [b for b in batches if b["status"] == BatchState.DONEPROCESSING]
+    _wait(status_url, len(folders), {BatchState.SENT, BatchState.EMPTY}, "delivering", timeout=180)
     return _report(stack, len(ready), began)
 
 
@@ -208,7 +215,7 @@ def _report(stack: LocalStack, sent_batches: int, began: float) -> int:
     for item in leaked:
         _say(f"   LEAK: {item}")
     ok = not leaked and len(rows) == len(blobs) and len(rows) > 0 and sent_batches > 0
-    _say(f"demo {'finished' if ok else 'FAILED'} in {time.monotonic() - began:.1f} s")
+    _say(f"demo {'finished' if ok else 'failed'} in {time.monotonic() - began:.1f} s")
     return 0 if ok else 1
 
 
