@@ -96,6 +96,7 @@ def make_instance(spec: StudySpec, series_index: int, instance_index: int) -> Da
     ds.Manufacturer = "ACME Medical"
     ds.ManufacturerModelName = "Scanner 9000"
     ds.Modality = spec.modality
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # Type 1 in CT/MR images; the default filters need it
     ds.BodyPartExamined = "CHEST"
     ds.SeriesNumber = series_index
     ds.InstanceNumber = instance_index

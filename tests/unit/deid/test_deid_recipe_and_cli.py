@@ -49,7 +49,9 @@ def test_generator_options_switch(tmp_path: Path) -> None:
 
 def test_default_recipe_content() -> None:
     text = Path(default_recipe_path()).read_text()
-    assert "idiscore" in text and "Table E.1-1" in text  # the source edition is recorded
+    assert "# Source: DICOM PS3.15 2026c Table E.1-1" in text  # the source edition is recorded
+    assert "dicom-anonymizer==2.1.0" in text and "idiscore==1.6.0" in text
+    assert "# sendit-edition: PS3.15 2026c" in text
     lines = set(text.splitlines())
     for line in (
         "REPLACE SOPInstanceUID func:hash_uid",
@@ -65,7 +67,56 @@ def test_default_recipe_content() -> None:
         assert line in lines, line
     recipe = load_recipe()
     assert recipe.codes == ("113100", "113107", "113108") and recipe.temporal == "MODIFIED"
-    assert len(recipe.plan.actions) > 400
+    assert len(recipe.plan.actions) > 600
+
+
+def test_the_table_is_the_2026c_edition_with_every_option_column() -> None:
+    table = json.loads((ROOT / "shared/sendit/deid/recipes/ps315-table-e1-1.json").read_text())
+    assert table["basic_column"]["edition"] == "2026c"
+    assert len(table["rows"]) >= 650  # the 2020 scrape had 438
+    columns = set(table["option_columns"]["columns"])
+    assert {"retain_modified_dates", "retain_patient_characteristics", "clean_descriptors"} <= columns
+    by_id = {row["id"]: row for row in table["rows"]}
+    assert by_id["00080012"]["basic"] == "X/D"  # InstanceCreationDate
+    assert by_id["00080012"]["options"]["retain_modified_dates"] == "C"
+    assert by_id["00100044"]["basic"] == "X"  # newer than pydicom's dictionary: addressed by tag
+
+
+def test_every_attribute_of_the_table_has_its_line() -> None:
+    """Every row whose Basic action is not K has a line (by keyword, or by tag when pydicom does not know
+    it), except the private row, file meta and the sequences whose items are walked."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import generate_recipe as generator
+
+    table = generator.read_table()
+    text = Path(default_recipe_path()).read_text()
+    named = {line.split()[1] for line in text.split("%header", 1)[1].splitlines() if line.strip()}
+    missing = []
+    for row in table["rows"]:
+        ident = row["id"]
+        if ident == "private" or "x" in ident or ident.startswith("0002"):
+            continue
+        tag = int(ident, 16)
+        if generator._vr(tag) == "SQ" and generator._line(tag, row["basic"], None) is None:
+            continue
+        if generator._field(tag) not in named:
+            missing.append(ident)
+    assert not missing
+    assert "(0010,0044)" in named  # newer than pydicom's dictionary: by tag
+
+
+def test_check_fails_when_recipe_and_table_disagree(tmp_path: Path) -> None:
+    table = json.loads((ROOT / "shared/sendit/deid/recipes/ps315-table-e1-1.json").read_text())
+    row = next(r for r in table["rows"] if r["id"] == "00081010")  # StationName, X/Z/D
+    row["basic"] = "K"
+    changed = tmp_path / "table.json"
+    changed.write_text(json.dumps(table))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate_recipe.py"), "--check", "--table", str(changed)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "out of date" in result.stderr
 
 
 def _cli(args: list[str]) -> int:
