@@ -36,7 +36,8 @@ from sendit.deid.identity import (
 )
 from sendit.deid.outcome import Outcome, Pseudonyms
 from sendit.deid.plan import Context, elements, text_value
-from sendit.deid.recipe import FilterItem, Recipe, load_recipe
+from sendit.deid.recipe import FieldValues, FilterItem, Recipe, load_recipe
+from sendit.deid.residual import collect, scrub
 from sendit.deid.row import build_row, header_json
 from sendit.deid.writer import file_meta_bytes, write_body
 
@@ -133,6 +134,7 @@ class Engine:
         remove_private: bool = True,
         functions: Mapping[str, Callable[[DataElement, Context], Any]] | None = None,
         defer_size: int = 1024 * 1024,
+        residual_check: bool = True,
     ) -> None:
         key = check_key(secret_key)  # no key, no run (also for the HTTP provider: it keys the UIDs)
         quiet_pydicom()
@@ -144,6 +146,7 @@ class Engine:
         self.pixel_cleaning = pixel_cleaning
         self.functions = dict(functions or {})
         self.defer_size = defer_size
+        self.residual_check = residual_check
         self._version_name = f"SENDIT_{SOFTWARE_VERSION}"[:16]
         self.method = f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}; sha256:{self.recipe.sha256}"
         # provenance elements and their header JSON, made once per encoding (the same for every file)
@@ -231,7 +234,9 @@ class Engine:
             reason = clean_pixels(ds, cleaning)
             if reason:
                 raise Rejected("FAILED", reason)
+        needles = collect(ds) if self.residual_check else None
         self.recipe.plan.apply(ds, ctx)
+        residual = scrub(ds, needles)
         syntax, provenance = self._finish(ds, originals, cleaned=bool(cleaning))
         written = self._write(ds, dst, syntax, fp)
         row = build_row(ds, self.method, syntax, provenance.json)
@@ -247,6 +252,7 @@ class Engine:
             row=row,
             study_date=text_value(ds, 0x00080020) or None,
             bytes_written=written,
+            residual_removed=residual,
         )
 
     # -- reading and checks
@@ -329,19 +335,20 @@ class Engine:
 
     # -- filters
 
-    def _graylist_coordinates(self, ds: Dataset) -> list[FilterItem]:
-        return [item for item in self.recipe.filter_hits(ds, "graylist") if item.coordinates]
+    def _graylist_coordinates(self, ds: Dataset, values: FieldValues | None = None) -> list[FilterItem]:
+        return [item for item in self.recipe.filter_hits(ds, "graylist", values) if item.coordinates]
 
     def _filters(self, ds: Dataset) -> list[FilterItem]:
         """Apply %filter lists; return the graylist items whose coordinates must be cleaned."""
-        blacklisted = self.recipe.filter_hits(ds, "blacklist")
+        values = FieldValues(ds)  # each field the filters test is read once
+        blacklisted = self.recipe.filter_hits(ds, "blacklist", values)
         if blacklisted:
             raise Rejected("SKIPPED", f"blacklist: {_label(blacklisted[0])}")
         if (text_value(ds, 0x00280301) or "").upper() == "YES":
-            return self._graylist_coordinates(ds)  # only reached with pixel cleaning and coordinates
-        if self.recipe.filter_hits(ds, "whitelist"):
+            return self._graylist_coordinates(ds, values)  # only reached with pixel cleaning and coordinates
+        if self.recipe.filter_hits(ds, "whitelist", values):
             return []
-        grey = self.recipe.filter_hits(ds, "graylist")
+        grey = self.recipe.filter_hits(ds, "graylist", values)
         if not grey:
             return []
         if self.pixel_cleaning and all(item.coordinates for item in grey):
