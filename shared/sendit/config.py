@@ -48,6 +48,11 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip().upper() for part in value.split(",") if part.strip())
 
 
+def _modalities(value: str) -> tuple[str, ...] | None:
+    """Comma-separated modalities, or ALL (None: every modality, as in ``sendit anonymize --modalities``)."""
+    return None if value.strip().upper() == "ALL" else _csv(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration of sendit. Field docs name the environment variable."""
@@ -61,7 +66,10 @@ class Settings:
     secret_key: bytes = field(repr=False, default=b"")  # SENDIT_SECRET_KEY
     collection: str = "sendit"  # SENDIT_COLLECTION
     recipe_path: str | None = None  # SENDIT_RECIPE (None: the shipped PS3.15 default recipe)
-    allowed_modalities: tuple[str, ...] = ("CT", "MR")  # SENDIT_ALLOWED_MODALITIES (comma separated)
+    allowed_modalities: tuple[str, ...] | None = (
+        "CT",
+        "MR",
+    )  # SENDIT_ALLOWED_MODALITIES (comma sep.; ALL: None)
     date_shift_max_days: int = 365  # SENDIT_DATE_SHIFT_MAX_DAYS (shift in [-N, N], never 0)
     identity_provider: str = "hmac"  # SENDIT_IDENTITY_PROVIDER: hmac | http
     identity_url: str | None = None  # SENDIT_IDENTITY_URL (for the http provider)
@@ -136,7 +144,7 @@ class Settings:
         if lease < 5:
             problems.append("SENDIT_LEASE_SECONDS: must be at least 5")
         pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
-        modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
+        modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _modalities)
 
         if missing or problems:
             parts = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -148,13 +149,17 @@ class Engine:
         self.defer_size = defer_size
         self.residual_check = residual_check
         self._version_name = f"SENDIT_{SOFTWARE_VERSION}"[:16]
-        self.method = f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}; sha256:{self.recipe.sha256}"
+        edition = f"; {self.recipe.edition}" if self.recipe.edition else ""
+        self.method = (
+            f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}{edition}; sha256:{self.recipe.sha256}"
+        )
         # provenance elements and their header JSON, made once per encoding (the same for every file)
         self._provenance_cache: dict[tuple[bool, bool, bool], _Provenance] = {}
-        # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, hash
+        # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, edition, hash
         self.method_values = [
             f"sendit {SOFTWARE_VERSION}"[:64],
             f"recipe {self.recipe.name}"[:64],
+            *([self.recipe.edition[:64]] if self.recipe.edition else []),  # "PS3.15 2026c"
             f"sha256:{self.recipe.sha256[:48]}",
         ]
 
@@ -282,6 +287,9 @@ class Engine:
             raise Rejected("FAILED", "truncated DICOM" if magic else "not DICOM")
         if _last_value_cut(ds):
             raise Rejected("FAILED", "truncated DICOM")
+        mismatch = _encoding_mismatch(ds)
+        if mismatch:
+            raise Rejected("FAILED", mismatch)
         return ds
 
     def _check(self, ds: Dataset, size: int | None) -> _Originals:
@@ -430,7 +438,7 @@ class Engine:
             if start is not None:  # nothing written on failure
                 dst.seek(start)
                 dst.truncate()
-            raise Rejected("FAILED", f"cannot write DICOM ({type(exc).__name__})") from exc
+            raise Rejected("FAILED", _write_problem(exc)) from exc
         return dst.tell() - start if start is not None else 0
 
 
@@ -515,6 +523,33 @@ def _encode_provenance(
         value = data[header:]
         out.append(RawDataElement(element.tag, element.VR, len(value), value, 0, implicit, little, True))
     return tuple(out)
+
+
+def _encoding_mismatch(ds: Dataset) -> str | None:
+    """A body encoded otherwise than its transfer syntax says (pydicom reads it, nothing can write it)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds.__dict__ else None
+    first = next((e for e in elements(ds).values() if isinstance(e, RawDataElement)), None)
+    if syntax is None or first is None or not UID(syntax).is_transfer_syntax or UID(syntax).is_deflated:
+        return None
+    syntax = UID(syntax)
+    if first.is_implicit_VR != syntax.is_implicit_VR:
+        found, said = ("implicit", "explicit") if first.is_implicit_VR else ("explicit", "implicit")
+        return f"malformed DICOM: dataset encoded {found} VR under an {said} VR transfer syntax"
+    if first.is_little_endian != syntax.is_little_endian:
+        found, said = ("little", "big") if first.is_little_endian else ("big", "little")
+        return f"malformed DICOM: dataset encoded {found} endian under a {said} endian transfer syntax"
+    return None
+
+
+def _write_problem(exc: Exception) -> str:
+    """What is wrong with a file pydicom cannot write, in words (never a value, never an exception name)."""
+    if isinstance(exc, AttributeError):
+        return "malformed DICOM: SOPClassUID or SOPInstanceUID missing or empty"
+    if isinstance(exc, (ValueError, TypeError, OverflowError, struct.error)):
+        return "malformed DICOM: an element's value cannot be encoded in its VR"
+    if isinstance(exc, OSError):
+        return "cannot write DICOM: output not writable"
+    return "malformed DICOM: the dataset cannot be encoded"
 
 
 def _guess_syntax(ds: Dataset) -> str:

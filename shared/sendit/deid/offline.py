@@ -105,6 +105,9 @@ def run(name: str, args: argparse.Namespace) -> int:
             partial.unlink()
             reasons[f"{outcome.state.lower()}: {outcome.reason}"] += 1
         counts[outcome.state] += 1
+        if outcome.residual_removed:
+            counts["residual_files"] += 1
+            counts["residual_removed"] += outcome.residual_removed
         report.append(
             {
                 "file": str(relative),
@@ -113,6 +116,7 @@ def run(name: str, args: argparse.Namespace) -> int:
                 "instance_uid": outcome.ids.instance_uid if outcome.ids else None,
                 "patient_id": outcome.ids.patient_id if outcome.ids else None,
                 "study_date": outcome.study_date,
+                "residual_removed": outcome.residual_removed,
             }
         )
         if not args.quiet:
@@ -125,16 +129,26 @@ def run(name: str, args: argparse.Namespace) -> int:
     )
     for reason, count in sorted(reasons.items()):
         print(f"  {count:6d}  {reason}")
+    if counts["residual_removed"]:
+        print(
+            f"residual identifiers removed from retained text: {counts['residual_removed']}"
+            f" in {counts['residual_files']} files"
+        )
+    print(f"recipe: {engine.recipe.name} ({engine.recipe.edition or 'no edition declared'})")
     if args.report is not None:
         summary = {
             "anonymized": counts["ANONYMIZED"],
             "skipped": counts["SKIPPED"],
             "failed": counts["FAILED"],
+            "residual_removed": counts["residual_removed"],
         }
-        args.report.write_text(
-            json.dumps({"recipe": engine.method, "summary": summary, "files": report}, indent=2),
-            encoding="utf-8",
-        )
+        document = {
+            "recipe": engine.method,
+            "edition": engine.recipe.edition or None,
+            "summary": summary,
+            "files": report,
+        }
+        args.report.write_text(json.dumps(document, indent=2), encoding="utf-8")
     return 1 if counts["FAILED"] else 0
 
 

@@ -154,7 +154,9 @@ def test_offline_cli(tmp_path: Path, monkeypatch, capsys) -> None:
     assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == ["sub/a.dcm"]
     assert dcmread(target / "sub" / "a.dcm").PatientIdentityRemoved == "YES"
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["summary"] == {"anonymized": 1, "skipped": 1, "failed": 1}
+    assert report["summary"] == {"anonymized": 1, "skipped": 1, "failed": 1, "residual_removed": 0}
+    assert report["edition"] == "PS3.15 2026c" and "PS3.15 2026c" in report["recipe"]
+    assert "recipe: deid.dicom.ps315-basic (PS3.15 2026c)" in captured.out
     diff = {row["keyword"]: row for row in json.loads((tmp_path / "d.json").read_text())}
     assert diff["PatientName"]["change"] == "changed" and PATIENT_NAME in diff["PatientName"]["before"]
     assert diff["InstitutionAddress"]["change"] == "removed"
