@@ -13,8 +13,10 @@ AccessionNumber, PatientBirthDate in the usual spellings (YYYYMMDD, YYYY-MM-DD, 
 DD.MM.YYYY, DD/MM/YYYY, DD-MM-YYYY, MM/DD/YYYY, MM-DD-YYYY), InstitutionName, and the name parts of the
 physicians (referring, performing, reading, of record, requesting). Values shorter than 3 characters are
 not searched for.
-Searched in: every element of a text VR (AE, CS, DA, DT, LO, LT, PN, SH, ST, UC, UR, UT), at any depth,
-except the numeric strings (DS, IS), ages, times and UIDs, whose values are numbers.
+Searched in: every element of a text VR (AE, DA, DT, LO, LT, PN, SH, ST, UC, UR, UT), at any depth, except
+the parts of a code that are controlled vocabulary (CodeValue, CodingSchemeDesignator, CodingSchemeVersion,
+LongCodeValue, URNCodeValue, MappingResource, ContextIdentifier) and SpecificCharacterSet. Not searched:
+code strings (CS: defined terms), numeric strings (DS, IS), ages, times and UIDs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ from pydicom.multival import MultiValue
 
 from sendit.deid.plan import elements, text_value
 
-TEXT_VRS = frozenset({"AE", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+TEXT_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+# the parts of a code that are controlled vocabulary, not free text (a patient named "Test" is no reason to
+# empty a CodingSchemeDesignator TEST); CodeMeaning is searched
+CODE_TAGS = frozenset(
+    {0x00080005, 0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x00080120, 0x00080105, 0x0008010F}
+)
 MIN_LENGTH = 3
 _PATIENT_NAMES = (0x00100010, 0x00101001, 0x00101005, 0x00101060)  # name, other, birth, mother's birth
 _PHYSICIANS = (0x00080090, 0x00081050, 0x00081060, 0x00081048, 0x00321032)
@@ -121,7 +128,7 @@ def _scrub(ds: Dataset, needles: Needles) -> int:
                 if isinstance(item, Dataset):
                     hits += _scrub(item, needles)
             continue
-        if vr not in TEXT_VRS or tag == 0x00080005:
+        if vr not in TEXT_VRS or tag in CODE_TAGS:
             continue
         if isinstance(raw, RawDataElement):
             value = raw.value
