@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -97,9 +98,12 @@ def collect(ds: Dataset) -> Needles | None:
                 found.update(_values(item, 0x00100020))
         except Exception:
             pass
-    needles = sorted((v for v in found if len(v) >= MIN_LENGTH), key=len, reverse=True)
-    if not needles:
-        return None
+    needles = tuple(sorted((v for v in found if len(v) >= MIN_LENGTH), key=lambda v: (-len(v), v)))
+    return _compile(needles) if needles else None
+
+
+@lru_cache(maxsize=256)  # the files of a series share their values: compiled once
+def _compile(needles: tuple[str, ...]) -> Needles:
     alternatives = "|".join(re.escape(v) for v in needles)
     text = re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
     ascii_needles = [v for v in needles if v.isascii()]
@@ -120,6 +124,7 @@ def scrub(ds: Dataset, needles: Needles | None) -> int:
 def _scrub(ds: Dataset, needles: Needles) -> int:
     hits = 0
     store = elements(ds)
+    plain: list[tuple[int, RawDataElement, bytes]] = []  # raw ASCII text: searched in one go
     for tag in list(store):
         raw = store[tag]
         vr = raw.VR
@@ -132,19 +137,23 @@ def _scrub(ds: Dataset, needles: Needles) -> int:
             continue
         if isinstance(raw, RawDataElement):
             value = raw.value
-            if value is None or not value:
+            if not value:
                 continue
             if value.isascii():
-                if needles.ascii is None or not needles.ascii.search(value):
-                    continue
-                new, count = needles.ascii.subn(b"", value)
-                cleaned = _tidy(new.decode("ascii")).encode("ascii")
-                if len(cleaned) % 2:
-                    cleaned += b" "
-                store[tag] = raw._replace(value=cleaned, length=len(cleaned))
-                hits += count
+                plain.append((tag, raw, value))
                 continue
         hits += _scrub_element(ds[tag], needles)
+    pattern = needles.ascii
+    if plain and pattern is not None and pattern.search(b"\0".join(value for _, _, value in plain)):
+        for tag, raw, value in plain:
+            new, count = pattern.subn(b"", value)
+            if not count:
+                continue
+            cleaned = _tidy(new.decode("ascii")).encode("ascii")
+            if len(cleaned) % 2:
+                cleaned += b" "
+            store[tag] = raw._replace(value=cleaned, length=len(cleaned))
+            hits += count
     return hits
 
 
