@@ -48,6 +48,20 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip().upper() for part in value.split(",") if part.strip())
 
 
+PROFILE_OPTIONS = frozenset({"clean_descriptors"})  # PS3.15 options switchable at run time
+
+
+def _options(value: str) -> tuple[str, ...]:
+    """Comma-separated PS3.15 profile options (SENDIT_PROFILE_OPTIONS), each one we implement."""
+    names = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+    unknown = sorted(set(names) - PROFILE_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(PROFILE_OPTIONS))}"
+        )
+    return names
+
+
 def _modalities(value: str) -> tuple[str, ...] | None:
     """Comma-separated modalities, or ALL (None: every modality, as in ``sendit anonymize --modalities``)."""
     return None if value.strip().upper() == "ALL" else _csv(value)
@@ -74,6 +88,7 @@ class Settings:
     identity_provider: str = "hmac"  # SENDIT_IDENTITY_PROVIDER: hmac | http
     identity_url: str | None = None  # SENDIT_IDENTITY_URL (for the http provider)
     pixel_cleaning: bool = False  # SENDIT_PIXEL_CLEANING
+    profile_options: tuple[str, ...] = ()  # SENDIT_PROFILE_OPTIONS (comma separated: clean_descriptors)
     delivery_layout: str = "instance"  # SENDIT_DELIVERY_LAYOUT: instance | tar
     cleanup: str = "after-send"  # SENDIT_CLEANUP: after-send | never
     max_attempts: int = 5  # SENDIT_MAX_ATTEMPTS (then FAILED, message acked)
@@ -144,6 +159,7 @@ class Settings:
         if lease < 5:
             problems.append("SENDIT_LEASE_SECONDS: must be at least 5")
         pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
+        profile_options = conv("SENDIT_PROFILE_OPTIONS", (), _options)
         modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _modalities)
 
         if missing or problems:
@@ -169,6 +185,7 @@ class Settings:
             identity_provider=identity,
             identity_url=identity_url,
             pixel_cleaning=pixel_cleaning,
+            profile_options=profile_options,
             delivery_layout=layout,
             cleanup=cleanup,
             max_attempts=attempts,

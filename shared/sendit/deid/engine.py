@@ -37,7 +37,7 @@ from sendit.deid.identity import (
 )
 from sendit.deid.outcome import Outcome, Pseudonyms
 from sendit.deid.plan import Context, elements, text_value
-from sendit.deid.recipe import FieldValues, FilterItem, Recipe, load_recipe
+from sendit.deid.recipe import FieldValues, FilterItem, Recipe, load_recipe, with_options
 from sendit.deid.residual import collect, scrub
 from sendit.deid.row import build_row, header_json
 from sendit.deid.writer import file_meta_bytes, write_body
@@ -136,29 +136,33 @@ class Engine:
         functions: Mapping[str, Callable[[DataElement, Context], Any]] | None = None,
         defer_size: int = 1024 * 1024,
         residual_check: bool = True,
+        profile_options: tuple[str, ...] = (),
     ) -> None:
         key = check_key(secret_key)  # no key, no run (also for the HTTP provider: it keys the UIDs)
         quiet_pydicom()
         self.identity: IdentityProvider = identity or HmacIdentity(key, date_shift_max_days)
-        self.recipe: Recipe = load_recipe(recipe_path, remove_private=remove_private)
+        # run-time PS3.15 options (SENDIT_PROFILE_OPTIONS): clean_descriptors keeps the descriptors for the
+        # residual check to clean, so that check cannot be off with it
+        loaded = load_recipe(recipe_path, remove_private=remove_private)
+        self.recipe: Recipe = with_options(loaded, profile_options)
         self.allowed_modalities = (
             None if allowed_modalities is None else frozenset(m.upper() for m in allowed_modalities)
         )
         self.pixel_cleaning = pixel_cleaning
         self.functions = dict(functions or {})
         self.defer_size = defer_size
-        self.residual_check = residual_check
+        self.residual_check = residual_check or "clean_descriptors" in self.recipe.options
         self._version_name = f"SENDIT_{SOFTWARE_VERSION}"[:16]
         edition = f"; {self.recipe.edition}" if self.recipe.edition else ""
-        self.method = (
-            f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}{edition}; sha256:{self.recipe.sha256}"
-        )
+        options = "".join(f" +{name}" for name in self.recipe.options)
+        recipe = f"recipe {self.recipe.name}{options}"
+        self.method = f"sendit {SOFTWARE_VERSION}; {recipe}{edition}; sha256:{self.recipe.sha256}"
         # provenance elements and their header JSON, made once per encoding (the same for every file)
         self._provenance_cache: dict[tuple[bool, bool, bool], _Provenance] = {}
         # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, edition, hash
         self.method_values = [
             f"sendit {SOFTWARE_VERSION}"[:64],
-            f"recipe {self.recipe.name}"[:64],
+            recipe[:64],
             *([self.recipe.edition[:64]] if self.recipe.edition else []),  # "PS3.15 2026c"
             f"sha256:{self.recipe.sha256[:48]}",
         ]
@@ -181,6 +185,7 @@ class Engine:
             date_shift_max_days=settings.date_shift_max_days,
             pixel_cleaning=settings.pixel_cleaning,
             identity=identity,
+            profile_options=settings.profile_options,
         )
 
     # ----------------------------------------------------------------------------------------------

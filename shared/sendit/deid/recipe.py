@@ -8,9 +8,10 @@ path is checked first and ``SystemExit`` is turned into a ``RecipeError``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -218,6 +219,7 @@ class Recipe:
     temporal: str = "UNMODIFIED"  # LongitudinalTemporalInformationModified it declares or implies
     edition: str = ""  # the PS3.15 edition it declares ("# sendit-edition: PS3.15 2026c")
     filter_fields: tuple[str, ...] = ()  # every field a filter tests
+    options: tuple[str, ...] = ()  # run-time profile options in force (with_options)
     # filter verdicts by what the filters can see of a file (a series shares them): bounded, thread-safe
     _verdicts: dict[tuple[str, tuple[Any, ...]], tuple[FilterItem, ...]] = field(
         default_factory=dict, compare=False, repr=False
@@ -323,6 +325,56 @@ def load_recipe(path: str | os.PathLike[str] | None = None, **options: bool) -> 
         edition=declared.get("edition", ""),
         filter_fields=tuple(sorted({n for item in filters for line in item.lines for n in line.fields})),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Profile options switched on at run time (SENDIT_PROFILE_OPTIONS)
+
+TABLE = "ps315-table-e1-1.json"
+_CLEAN_DESCRIPTOR_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+
+
+def clean_descriptor_tags() -> tuple[int, ...]:
+    """The text attributes Table E.1-1's Clean Descriptors column marks C (from the committed table)."""
+    from pydicom.datadict import dictionary_VR
+
+    text = resources.files("sendit.deid").joinpath("recipes", TABLE).read_text(encoding="utf-8")
+    tags = []
+    for row in json.loads(text)["rows"]:
+        if row["options"].get("clean_descriptors") != "C" or not re.fullmatch(r"[0-9a-f]{8}", row["id"]):
+            continue
+        tag = int(row["id"], 16)
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue  # newer than pydicom: not decodable, removed as the Basic profile says
+        if vr in _CLEAN_DESCRIPTOR_VRS:
+            tags.append(tag)
+    return tuple(tags)
+
+
+def with_options(recipe: Recipe, options: tuple[str, ...]) -> Recipe:
+    """The recipe with run-time profile options in force.
+
+    ``clean_descriptors`` (PS3.15 Clean Descriptors Option, DCM 113105): the descriptor text attributes are
+    kept (a KEEP ahead of the recipe's own lines), to be cleaned by the residual-identifier check, and the
+    code is added to the provenance code sequence.
+    """
+    unknown = sorted(set(options) - {"clean_descriptors"})
+    if unknown:
+        raise RecipeError(f"unknown profile option(s): {', '.join(unknown)}")
+    if "clean_descriptors" not in options:
+        return recipe
+    keeps = [
+        Action(
+            -1 - number, "KEEP", f"({tag >> 16:04X},{tag & 0xFFFF:04X})", None, compile_field(f"{tag:08x}")
+        )
+        for number, tag in enumerate(clean_descriptor_tags())
+    ]
+    plan = recipe.plan
+    clean = Plan([*keeps, *plan.actions], remove_private=plan.remove_private, remap_uids=plan.remap_uids)
+    codes = recipe.codes if "113105" in recipe.codes else (*recipe.codes, "113105")
+    return replace(recipe, plan=clean, codes=codes, options=(*recipe.options, "clean_descriptors"))
 
 
 def _declarations(text: str) -> dict[str, str]:

@@ -300,3 +300,63 @@ def test_allowed_modalities_all_means_all_in_the_pipeline_settings() -> None:
     assert outcome.state == "ANONYMIZED", outcome.reason
     default = Engine.from_settings(Settings.from_env(env))
     assert run(default, make_ct(modality="US").data)[0].reason == "modality US not allowed"
+
+
+# -- issue 15, item 2: the Clean Descriptors option (opt-in)
+
+_ENV = {
+    "GOOGLE_CLOUD_PROJECT": "proj",
+    "SENDIT_STAGING_BUCKET": "stage",
+    "SENDIT_PROCESSING_BUCKET": "proc",
+    "SENDIT_DESTINATION_BUCKET": "dest",
+    "SENDIT_BIGQUERY_TABLE": "proj.sendit.dicom",
+    "SENDIT_DELIVER_TOPIC": "sendit-deliver",
+    "SENDIT_SECRET_KEY": KEY.decode(),
+}
+
+
+def _described() -> bytes:
+    return _bytes(
+        _ct(
+            StudyDescription="CT CHEST for DOE JOHNATHAN",
+            SeriesDescription="AXIAL 5mm",
+            ProtocolName=f"Chest routine {PATIENT_ID}",
+        )
+    )
+
+
+def test_clean_descriptors_keeps_descriptions_cleaned() -> None:
+    settings = Settings.from_env({**_ENV, "SENDIT_PROFILE_OPTIONS": "clean_descriptors"})
+    assert settings.profile_options == ("clean_descriptors",)
+    engine = Engine.from_settings(settings)
+    outcome, out = run(engine, _described())
+    assert outcome.state == "ANONYMIZED", outcome.reason
+    clean = dcmread(io.BytesIO(out))
+    assert clean.StudyDescription == "CT CHEST for"  # the planted name cut out, the rest kept
+    assert clean.SeriesDescription == "AXIAL 5mm"
+    assert clean.ProtocolName == "Chest routine"
+    assert outcome.residual_removed == 3
+    codes = [item.CodeValue for item in clean.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113107", "113108", "113105"]
+    assert "+clean_descriptors" in clean.DeidentificationMethod[1]
+    header = json.loads(outcome.row["header"])
+    assert header["00081030"]["Value"] == ["CT CHEST for"]  # the BigQuery header carries it
+    for value in ("DOE", "Doe", "JOHNATHAN", PATIENT_ID):
+        assert value.encode() not in out and value not in outcome.row["header"]
+
+
+def test_without_clean_descriptors_descriptions_are_removed_as_before() -> None:
+    engine = Engine.from_settings(Settings.from_env(_ENV))
+    outcome, out = run(engine, _described())
+    assert outcome.state == "ANONYMIZED", outcome.reason
+    clean = dcmread(io.BytesIO(out))
+    assert "StudyDescription" not in clean and "SeriesDescription" not in clean
+    assert clean.ProtocolName == "ANONYMIZED"  # X/D: a dummy
+    assert "113105" not in [item.CodeValue for item in clean.DeidentificationMethodCodeSequence]
+
+
+def test_an_unknown_profile_option_is_a_configuration_error() -> None:
+    from sendit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="SENDIT_PROFILE_OPTIONS"):
+        Settings.from_env({**_ENV, "SENDIT_PROFILE_OPTIONS": "clean_descriptors,retain_everything"})
