@@ -17,6 +17,7 @@ import struct
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import IO, TYPE_CHECKING, Any
 
 from pydicom import dcmread
@@ -533,17 +534,29 @@ def _encode_provenance(
 def _encoding_mismatch(ds: Dataset) -> str | None:
     """A body encoded otherwise than its transfer syntax says (pydicom reads it, nothing can write it)."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds.__dict__ else None
+    encoding = _syntax_encoding(str(syntax)) if syntax is not None else None
+    if encoding is None:
+        return None  # no file meta, a private or deflated syntax: nothing to compare with
     first = next((e for e in elements(ds).values() if isinstance(e, RawDataElement)), None)
-    if syntax is None or first is None or not UID(syntax).is_transfer_syntax or UID(syntax).is_deflated:
+    if first is None:
         return None
-    syntax = UID(syntax)
-    if first.is_implicit_VR != syntax.is_implicit_VR:
+    implicit, little = encoding
+    if first.is_implicit_VR != implicit:
         found, said = ("implicit", "explicit") if first.is_implicit_VR else ("explicit", "implicit")
         return f"malformed DICOM: dataset encoded {found} VR under an {said} VR transfer syntax"
-    if first.is_little_endian != syntax.is_little_endian:
+    if first.is_little_endian != little:
         found, said = ("little", "big") if first.is_little_endian else ("big", "little")
         return f"malformed DICOM: dataset encoded {found} endian under a {said} endian transfer syntax"
     return None
+
+
+@lru_cache(maxsize=64)
+def _syntax_encoding(syntax: str) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) of a public, not deflated transfer syntax; None otherwise."""
+    uid = UID(syntax)
+    if not uid.is_transfer_syntax or uid.is_deflated:
+        return None
+    return bool(uid.is_implicit_VR), bool(uid.is_little_endian)
 
 
 def _write_problem(exc: Exception) -> str:

@@ -84,10 +84,18 @@ class FieldValues:
         """What the filters can see of this file: per field, absent / empty / its text."""
         if self.signed is not None:
             return self.signed
-        out = []
+        store = elements(self.ds)
+        out: list[Any] = []
         for name in names:
-            value = self.get(name)
-            out.append(None if value is None else (bool(value), tuple(self.contenders(name))))
+            tag = int(name, 16) if name.lower().startswith("0x") else _keyword_tag(name)
+            raw = store.get(tag) if tag is not None else None
+            if raw is None:
+                out.append(None)
+            elif isinstance(raw, RawDataElement) and raw.value is not None:
+                out.append((raw.VR, raw.is_little_endian, raw.value))  # the same bytes, the same verdict
+            else:
+                value = self.get(name)
+                out.append(None if value is None else (bool(value), tuple(self.contenders(name))))
         self.signed = tuple(out)
         return self.signed
 
