@@ -37,6 +37,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--date-shift-max-days", type=int, default=365)
     parser.add_argument("--pixel-cleaning", action="store_true", help="clean graylist coordinates")
+    parser.add_argument(
+        "--profile-options",
+        default="",
+        help="PS3.15 options switched on, comma separated (clean_descriptors); as SENDIT_PROFILE_OPTIONS",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -74,6 +79,7 @@ def run(name: str, args: argparse.Namespace) -> int:
             allowed_modalities=modalities,
             date_shift_max_days=args.date_shift_max_days,
             pixel_cleaning=args.pixel_cleaning,
+            profile_options=tuple(o.strip().lower() for o in args.profile_options.split(",") if o.strip()),
         )
     except (MissingKeyError, RecipeError, ValueError, OSError) as exc:
         print(f"sendit anonymize: {exc}", file=sys.stderr)

@@ -369,3 +369,18 @@ def test_an_unknown_profile_option_is_a_configuration_error() -> None:
 
     with pytest.raises(ConfigError, match="SENDIT_PROFILE_OPTIONS"):
         Settings.from_env({**_ENV, "SENDIT_PROFILE_OPTIONS": "clean_descriptors,retain_everything"})
+
+
+def test_clean_descriptors_offline(tmp_path: Path, capsys) -> None:
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    (source / "a.dcm").write_bytes(_described())
+    (tmp_path / "key").write_bytes(KEY)
+    parser = argparse.ArgumentParser()
+    offline.add_arguments("anonymize", parser)
+    common = [str(source), str(target), "--key-file", str(tmp_path / "key"), "--quiet"]
+    with_option = parser.parse_args([*common, "--profile-options", "clean_descriptors"])
+    assert offline.run("anonymize", with_option) == 0
+    assert dcmread(target / "a.dcm").StudyDescription == "CT CHEST for"
+    assert offline.run("anonymize", parser.parse_args([*common, "--profile-options", "bogus"])) == 2
+    assert "unknown profile option(s): bogus" in capsys.readouterr().err
