@@ -129,8 +129,21 @@ def run(name: str, args: argparse.Namespace) -> int:
             _progress(sys.stderr, index, len(files), counts)
     if not args.quiet and files:
         sys.stderr.write("\n")
+    _summarize(args, engine, len(files), counts, reasons, report)
+    return 1 if counts["FAILED"] else 0
+
+
+def _summarize(
+    args: argparse.Namespace,
+    engine: Any,
+    total: int,
+    counts: Counter[str],
+    reasons: Counter[str],
+    report: list[dict[str, Any]],
+) -> None:
+    """The summary on stdout (counts, reasons, residual hits, recipe and edition) and the JSON report."""
     print(
-        f"{len(files)} files: {counts['ANONYMIZED']} anonymized, {counts['SKIPPED']} skipped, "
+        f"{total} files: {counts['ANONYMIZED']} anonymized, {counts['SKIPPED']} skipped, "
         f"{counts['FAILED']} failed"
     )
     for reason, count in sorted(reasons.items()):
@@ -155,7 +168,6 @@ def run(name: str, args: argparse.Namespace) -> int:
             "files": report,
         }
         args.report.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    return 1 if counts["FAILED"] else 0
 
 
 def tag_diff(before_path: Path, after_path: Path) -> list[dict[str, Any]]:
