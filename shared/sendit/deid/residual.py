@@ -178,6 +178,7 @@ def _tidy(text: str) -> str:
     """What is left after cutting: each value stripped of dangling separators, empty if nothing is left."""
     values = []
     for value in text.split("\\"):
+        value = re.sub(r"\s*\^(?:\s*\^)+\s*", " ", value)  # the carets between cut name parts
         value = re.sub(r"\s{2,}", " ", value).strip(_SEPARATORS + "\x00")
         values.append(value if any(c.isalnum() for c in value) else "")
     return "\\".join(values)

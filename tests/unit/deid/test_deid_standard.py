@@ -384,3 +384,10 @@ def test_clean_descriptors_offline(tmp_path: Path, capsys) -> None:
     assert dcmread(target / "a.dcm").StudyDescription == "CT CHEST for"
     assert offline.run("anonymize", parser.parse_args([*common, "--profile-options", "bogus"])) == 2
     assert "unknown profile option(s): bogus" in capsys.readouterr().err
+
+
+def test_clean_descriptors_cuts_a_whole_name_with_its_carets() -> None:
+    engine = Engine(secret_key=KEY, profile_options=("clean_descriptors",))
+    outcome, out = run(engine, make_ct().data)  # StudyDescription "CT CHEST Doe^Johnathan^Q"
+    assert outcome.state == "ANONYMIZED", outcome.reason
+    assert dcmread(io.BytesIO(out)).StudyDescription == "CT CHEST Q"  # parts under 3 characters stay
