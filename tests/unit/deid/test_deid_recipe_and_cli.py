@@ -167,3 +167,47 @@ def test_offline_cli_without_key(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.delenv("SENDIT_SECRET_KEY", raising=False)
     assert _cli([str(tmp_path), str(tmp_path / "out")]) == 2
     assert "SENDIT_SECRET_KEY" in capsys.readouterr().err
+
+
+def test_refresh_reads_both_wheels_as_data(tmp_path: Path) -> None:
+    """The refresh step on two wheels shaped like the pinned ones (the real ones need the network)."""
+    import zipfile
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import generate_recipe as generator
+
+    basic = (
+        "D_TAGS = [\n    (0x0008, 0x1010),  # Station Name\n]\n"
+        "X_TAGS = [\n    (0x0010, 0x0044),  # Gender Identity Sequence\n"
+        "    (0x6000, 0x3000, 0xFF00, 0xFFFF),  # Overlay Data\n]\n"
+    )
+    options = (
+        '"""\nscrape date: 2025-06-24\n"""\n'
+        "basic_profile = RawNemaRuleSet(name='Basic', code='113100', rules=[\n"
+        "    (SingleTag('00081010'), ActionCodes.REMOVE_OR_EMPTY_OR_DUMMY),\n"
+        "    (PrivateTags(), ActionCodes.REMOVE)])\n"
+        "retain_device_id = RawNemaRuleSet(name='Retain Device Identity Option', code='113109', rules=[\n"
+        "    (SingleTag('00081010'), ActionCodes.KEEP)])\n"
+    )
+    for (name, version, module), text in (
+        (generator.BASIC_SOURCE, basic),
+        (generator.OPTION_SOURCE, options),
+    ):
+        with zipfile.ZipFile(tmp_path / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(module, text)
+    table = generator.extract_table(tmp_path)
+    rows = {row["id"]: row for row in table["rows"]}
+    assert rows["00081010"] == {
+        "id": "00081010",
+        "name": "Station Name",
+        "basic": "D",
+        "options": {"retain_device_id": "K"},
+    }
+    assert rows["00100044"]["basic"] == "X" and rows["60xx3000"]["basic"] == "X"
+    assert rows["private"]["basic"] == "X"  # from idiscore: dicom-anonymizer has no private row
+    assert table["basic_column"]["edition"] == "2026c"
+    assert table["option_columns"]["edition"] == "current on 2025-06-24"
+    assert table["option_columns"]["columns"] == {
+        "retain_device_id": {"code": "113109", "title": "Retain Device Identity Option"}
+    }
+    assert json.loads(generator.table_text(table)) == table  # the committed form reads back the same
