@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,47 @@ def _flag(value: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError("expected true/false")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError("expected one of " + ", ".join(LOG_LEVELS))
+    return level
+
+
+DELIVERY_TARGETS = ("bucket", "dicomweb")
+DICOMWEB_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+_SECRET_VERSION = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
+
+
+def _targets(value: str) -> tuple[str, ...]:
+    targets = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",") if part.strip()))
+    if not targets or any(t not in DELIVERY_TARGETS for t in targets):
+        raise ValueError("expected bucket, dicomweb or bucket,dicomweb")
+    return targets
+
+
+def dicomweb_problems(url: str | None, secret: str | None) -> list[str]:
+    """What is wrong with a DICOMweb service root and its auth secret (never quoting either value)."""
+    if not url:
+        return []
+    parsed = urlsplit(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        return ["SENDIT_DICOMWEB_URL: expected an http(s) service root"]
+    problems = []
+    loopback = parsed.hostname in {"localhost", "127.0.0.1", "::1"}
+    if not loopback and parsed.scheme != "https":
+        problems.append("SENDIT_DICOMWEB_URL: a server off loopback must use https")
+    healthcare = parsed.hostname == "healthcare.googleapis.com"
+    if secret and not _SECRET_VERSION.match(secret):
+        problems.append("SENDIT_DICOMWEB_AUTH_SECRET: expected projects/P/secrets/S/versions/V")
+    if not loopback and not healthcare and not secret:
+        problems.append("SENDIT_DICOMWEB_AUTH_SECRET: required for a DICOMweb server off loopback")
+    return problems
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -80,10 +123,8 @@ class Settings:
     secret_key: bytes = field(repr=False, default=b"")  # SENDIT_SECRET_KEY
     collection: str = "sendit"  # SENDIT_COLLECTION
     recipe_path: str | None = None  # SENDIT_RECIPE (None: the shipped PS3.15 default recipe)
-    allowed_modalities: tuple[str, ...] | None = (
-        "CT",
-        "MR",
-    )  # SENDIT_ALLOWED_MODALITIES (comma sep.; ALL: None)
+    # SENDIT_ALLOWED_MODALITIES (comma separated; ALL: None, every modality)
+    allowed_modalities: tuple[str, ...] | None = ("CT", "MR")
     date_shift_max_days: int = 365  # SENDIT_DATE_SHIFT_MAX_DAYS (shift in [-N, N], never 0)
     identity_provider: str = "hmac"  # SENDIT_IDENTITY_PROVIDER: hmac | http
     identity_url: str | None = None  # SENDIT_IDENTITY_URL (for the http provider)
@@ -98,8 +139,17 @@ class Settings:
     # duplicate run (outputs are deterministic, the terminal write is preconditioned).
     lease_seconds: int = 60
     firestore_database: str = "(default)"  # SENDIT_FIRESTORE_DATABASE
+    log_level: str = "INFO"  # SENDIT_LOG_LEVEL: DEBUG | INFO | WARNING | ERROR | CRITICAL (sendit.logs.setup)
     batches_collection: str = "batches"  # SENDIT_BATCHES_COLLECTION
     files_collection: str = "files"  # SENDIT_FILES_COLLECTION
+    # Delivery targets (SENDIT_DELIVERY_TARGETS: bucket | bucket,dicomweb | dicomweb) and the DICOMweb
+    # server: its service root (SENDIT_DICOMWEB_URL), the Secret Manager secret version holding
+    # "user:password" for HTTP basic auth (SENDIT_DICOMWEB_AUTH_SECRET; only for a server that is neither
+    # the Healthcare API nor loopback) and the largest STOW-RS request (SENDIT_DICOMWEB_MAX_REQUEST_BYTES).
+    delivery_targets: tuple[str, ...] = ("bucket",)
+    dicomweb_url: str | None = None
+    dicomweb_auth_secret: str | None = field(default=None, repr=False)
+    dicomweb_max_request_bytes: int = DICOMWEB_MAX_REQUEST_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_key: bool = True) -> Settings:
@@ -161,6 +211,16 @@ class Settings:
         pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
         profile_options = conv("SENDIT_PROFILE_OPTIONS", (), _options)
         modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _modalities)
+        log_level = conv("SENDIT_LOG_LEVEL", "INFO", _log_level)
+        targets = conv("SENDIT_DELIVERY_TARGETS", ("bucket",), _targets)
+        dicomweb_url = source.get("SENDIT_DICOMWEB_URL", "").strip().rstrip("/") or None
+        dicomweb_secret = source.get("SENDIT_DICOMWEB_AUTH_SECRET", "").strip() or None
+        if "dicomweb" in targets and not dicomweb_url:
+            missing.append("SENDIT_DICOMWEB_URL (required by SENDIT_DELIVERY_TARGETS=dicomweb)")
+        problems.extend(dicomweb_problems(dicomweb_url, dicomweb_secret))
+        max_request = conv("SENDIT_DICOMWEB_MAX_REQUEST_BYTES", DICOMWEB_MAX_REQUEST_BYTES, int)
+        if max_request < 64 * 1024:
+            problems.append("SENDIT_DICOMWEB_MAX_REQUEST_BYTES: must be at least 65536")
 
         if missing or problems:
             parts = []
@@ -191,6 +251,11 @@ class Settings:
             max_attempts=attempts,
             lease_seconds=lease,
             firestore_database=source.get("SENDIT_FIRESTORE_DATABASE", "").strip() or "(default)",
+            log_level=log_level,
             batches_collection=topology()["firestore"]["batches"],
             files_collection=topology()["firestore"]["files"],
+            delivery_targets=targets,
+            dicomweb_url=dicomweb_url,
+            dicomweb_auth_secret=dicomweb_secret,
+            dicomweb_max_request_bytes=max_request,
         )

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 def chromium() -> str:
     path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if path is None:
-        subprocess.run(["bash", str(REPO / "scripts" / "install-debian-packages.sh")], check=True, timeout=600)
+        script = REPO / "scripts" / "install-debian-packages.sh"
+        subprocess.run(["bash", str(script)], check=True, timeout=600)
         path = shutil.which("chromium")
     assert path, "chromium could not be installed"
     return path

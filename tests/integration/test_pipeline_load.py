@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -46,12 +45,9 @@ def test_many_files_with_concurrent_writers(stack: Any, clients: Any, settings: 
     assert doc["study_uids"] == 1
     files = files_of(clients, batch)
     assert len(files) == FILES
-    assert {f["attempts"] for f in files} == {1}  # no claim was ever lost or retried
+    # No contention, transient or unexpected error: any of them would have released the claim and
+    # redelivered, so every file was claimed exactly once. Asserted on state, not on the function log,
+    # which may not have been written out yet when the batch turns DONEPROCESSING.
+    assert {f["attempts"] for f in files} == {1}
+    assert {f["state"] for f in files} == {state.ANONYMIZED} and not [f for f in files if f.get("reason")]
     assert len({f["ids"]["instance_uid"] for f in files}) == FILES
-
-    # no contention, transient or unexpected error for this batch in the function log
-    log_path = stack.service("function anonymize").log_path
-    entries = [json.loads(x) for x in log_path.read_text().splitlines() if batch in x and x.startswith("{")]
-    outcomes = [e for e in entries if e.get("event") == "file_outcome"]
-    assert len(outcomes) == FILES
-    assert [e for e in entries if e.get("severity") in ("WARNING", "ERROR", "CRITICAL")] == []

@@ -14,6 +14,7 @@ import pytest
 from dicom_factory import PLANTED, StudySpec, write_study
 from google.api_core.exceptions import Conflict
 from pipeline_helpers import batch_of, upload_tree, wait_batch
+from polling import wait_for
 
 from sendit import logs, process, state
 from sendit.events import ObjectFinalized
@@ -41,20 +42,29 @@ def test_function_logs_hold_no_phi(
     write_study(tmp_path, StudySpec(instances=2), folder=batch_name)
     (root / f"IMG_{PLANTED['accession']}.txt").write_text(PLANTED["patient_name"])
     upload_tree(clients, settings.staging_bucket, root, prefix=f"{batch_name}/")
-    wait_batch(clients, batch_of(settings, batch_name), {state.DONEPROCESSING}, 3)
-    text = stack.service(f"function {function}").log_path.read_text()
-    lines = [line for line in text.splitlines() if line.strip()]
-    entries = [json.loads(line) for line in lines]  # every line is one JSON object
-    assert all("severity" in entry for entry in entries)
+    batch = batch_of(settings, batch_name)
+    wait_batch(clients, batch, {state.DONEPROCESSING}, 3)
+    log_path = stack.service(f"function {function}").log_path
+
+    def entries() -> list[dict[str, Any]]:
+        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in lines]  # every line is one JSON object
+
     if function == "anonymize":
-        outcomes = [e for e in entries if e.get("event") == "file_outcome"]
-        assert len(outcomes) >= 3
+        # The batch turns DONEPROCESSING before the last outcome line is written out: wait for this batch's
+        # three outcome lines (a positive signal) before reading the log for the scan.
+        def outcomes_of_batch() -> list[dict[str, Any]]:
+            found = [e for e in entries() if e.get("event") == "file_outcome" and e.get("batch_id") == batch]
+            return found if len(found) >= 3 else []
+
+        outcomes = wait_for(outcomes_of_batch, 30, what="the batch's file_outcome lines")
         assert {"ANONYMIZED", "FAILED"} <= {e["state"] for e in outcomes}
         for entry in outcomes:
             assert {"file_key", "name_hash", "generation", "batch_id", "state", "reason"} <= set(entry)
             if entry["state"] == "ANONYMIZED":
                 assert entry["ids"]["patient_id"] and entry["engine_ms"] >= 0 and entry["total_ms"] > 0
-    assert _leaks(text) == []
+    assert all("severity" in entry for entry in entries())
+    assert _leaks(log_path.read_text()) == []
 
 
 def test_in_process_logs_hold_no_phi(
