@@ -37,6 +37,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--date-shift-max-days", type=int, default=365)
     parser.add_argument("--pixel-cleaning", action="store_true", help="clean graylist coordinates")
+    parser.add_argument(
+        "--profile-options",
+        default="",
+        help="PS3.15 options switched on, comma separated (clean_descriptors); as SENDIT_PROFILE_OPTIONS",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -74,6 +79,7 @@ def run(name: str, args: argparse.Namespace) -> int:
             allowed_modalities=modalities,
             date_shift_max_days=args.date_shift_max_days,
             pixel_cleaning=args.pixel_cleaning,
+            profile_options=tuple(o.strip().lower() for o in args.profile_options.split(",") if o.strip()),
         )
     except (MissingKeyError, RecipeError, ValueError, OSError) as exc:
         print(f"sendit anonymize: {exc}", file=sys.stderr)
@@ -105,6 +111,9 @@ def run(name: str, args: argparse.Namespace) -> int:
             partial.unlink()
             reasons[f"{outcome.state.lower()}: {outcome.reason}"] += 1
         counts[outcome.state] += 1
+        if outcome.residual_removed:
+            counts["residual_files"] += 1
+            counts["residual_removed"] += outcome.residual_removed
         report.append(
             {
                 "file": str(relative),
@@ -113,29 +122,52 @@ def run(name: str, args: argparse.Namespace) -> int:
                 "instance_uid": outcome.ids.instance_uid if outcome.ids else None,
                 "patient_id": outcome.ids.patient_id if outcome.ids else None,
                 "study_date": outcome.study_date,
+                "residual_removed": outcome.residual_removed,
             }
         )
         if not args.quiet:
             _progress(sys.stderr, index, len(files), counts)
     if not args.quiet and files:
         sys.stderr.write("\n")
+    _summarize(args, engine, len(files), counts, reasons, report)
+    return 1 if counts["FAILED"] else 0
+
+
+def _summarize(
+    args: argparse.Namespace,
+    engine: Any,
+    total: int,
+    counts: Counter[str],
+    reasons: Counter[str],
+    report: list[dict[str, Any]],
+) -> None:
+    """The summary on stdout (counts, reasons, residual hits, recipe and edition) and the JSON report."""
     print(
-        f"{len(files)} files: {counts['ANONYMIZED']} anonymized, {counts['SKIPPED']} skipped, "
+        f"{total} files: {counts['ANONYMIZED']} anonymized, {counts['SKIPPED']} skipped, "
         f"{counts['FAILED']} failed"
     )
     for reason, count in sorted(reasons.items()):
         print(f"  {count:6d}  {reason}")
+    if counts["residual_removed"]:
+        print(
+            f"residual identifiers removed from retained text: {counts['residual_removed']}"
+            f" in {counts['residual_files']} files"
+        )
+    print(f"recipe: {engine.recipe.name} ({engine.recipe.edition or 'no edition declared'})")
     if args.report is not None:
         summary = {
             "anonymized": counts["ANONYMIZED"],
             "skipped": counts["SKIPPED"],
             "failed": counts["FAILED"],
+            "residual_removed": counts["residual_removed"],
         }
-        args.report.write_text(
-            json.dumps({"recipe": engine.method, "summary": summary, "files": report}, indent=2),
-            encoding="utf-8",
-        )
-    return 1 if counts["FAILED"] else 0
+        document = {
+            "recipe": engine.method,
+            "edition": engine.recipe.edition or None,
+            "summary": summary,
+            "files": report,
+        }
+        args.report.write_text(json.dumps(document, indent=2), encoding="utf-8")
 
 
 def tag_diff(before_path: Path, after_path: Path) -> list[dict[str, Any]]:

@@ -46,6 +46,41 @@ PROTECTED_KEYWORDS = frozenset(
     }
 )
 
+# UIDs that name a class, a coding scheme, a context group, a mapping resource, a template or a transfer
+# syntax identify no one and are referred to from elsewhere: the engine never remaps them (private ones
+# included). Instance UIDs (everything else of VR UI) are remapped.
+CLASS_UID_KEYWORDS = frozenset(
+    {
+        "AffectedSOPClassUID",
+        "AvailableTransferSyntaxUID",
+        "CodingSchemeUID",
+        "ContextGroupExtensionCreatorUID",
+        "ContextUID",
+        "EncryptedContentTransferSyntaxUID",
+        "FlowTransferSyntaxUID",
+        "ImplementationClassUID",
+        "MACCalculationTransferSyntaxUID",
+        "MappingResourceUID",
+        "MediaStorageSOPClassUID",
+        "OriginalSpecializedSOPClassUID",
+        "PertinentSOPClassesInSeries",
+        "PertinentSOPClassesInStudy",
+        "RTVCommunicationSOPClassUID",
+        "ReferencedRelatedGeneralSOPClassUIDInFile",
+        "ReferencedSOPClassUID",
+        "ReferencedSOPClassUIDInFile",
+        "ReferencedTransferSyntaxUIDInFile",
+        "RelatedGeneralSOPClassUID",
+        "RequestedSOPClassUID",
+        "SOPClassUID",
+        "SOPClassesInStudy",
+        "SOPClassesSupported",
+        "SegmentationTemplateUID",
+        "StoredInstanceTransferSyntaxUID",
+        "TransferSyntaxUID",
+    }
+)
+
 _PAREN_TAG = re.compile(r"^\(\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)$")
 _BARE_TAG = re.compile(r"^(?:0x)?([0-9A-Fa-f]{8})$")
 _EXPANDER = re.compile(r'^([^:"]*(?:"[^"]*"[^:"]*)*):(.*)$')
@@ -420,7 +455,13 @@ class Plan:
         is_creator = 0x10 <= tag & 0xFFFF <= 0xFF
         if shape.private and self.remove_private and not keep and not is_creator:
             return DROP  # creators stay until their block is known to be empty (see _prune_creators)
-        remap = self.remap_uids and vr == "UI" and not keep and not steps
+        remap = (
+            self.remap_uids
+            and vr == "UI"
+            and not keep
+            and not steps
+            and shape.keyword not in CLASS_UID_KEYWORDS
+        )
         if not steps and not keep and not remap:
             return UNTOUCHED
         if not no_remove and any(a.kind == "REMOVE" and a.value is None for a in steps):
@@ -447,6 +488,13 @@ class Plan:
             if tag >> 16 & 1:
                 private_seen = True
                 creator = _creator(ds, tag)
+            elif vr == "UN":
+                vr = _decode_un(ds, tag)  # nothing hides from the walk in a UN value
+                if vr == "UN":
+                    if not self.decide(parent, tag, vr, None).keep:
+                        del ds[tag]  # cannot be decoded and not kept: removed
+                    continue
+                raw = raw_items[tag]
             decision = self.decide(parent, tag, vr, creator)
             if decision is UNTOUCHED:
                 if vr == "SQ":
@@ -614,6 +662,20 @@ def text_value(ds: Dataset, tag: int) -> str | None:
     if isinstance(value, (list, MultiValue)):
         return "\\".join(str(v) for v in value)
     return str(value).strip(" \x00")
+
+
+def _decode_un(ds: Dataset, tag: int) -> str:
+    """Decode a public element stored as UN with its dictionary VR (sequences included: pydicom parses
+    the items, implicit VR little endian, as the standard says); its VR, or "UN" if it cannot be decoded."""
+    if _dict_vr(tag) == "UN":
+        return "UN"
+    try:
+        element = ds[tag]
+        if element.VR == "SQ":
+            len(element.value)  # parse the items now: a broken value fails here, not in the writer
+    except Exception:
+        return "UN"
+    return str(element.VR)
 
 
 def _remap_text(text: str, remap: Callable[[str], str]) -> str:
