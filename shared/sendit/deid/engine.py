@@ -37,7 +37,7 @@ from sendit.deid.identity import (
     check_key,
 )
 from sendit.deid.outcome import Outcome, Pseudonyms
-from sendit.deid.plan import Context, elements, text_value
+from sendit.deid.plan import FileContext, elements, text_value
 from sendit.deid.recipe import FieldValues, FilterItem, Recipe, load_recipe, with_options
 from sendit.deid.residual import collect, scrub
 from sendit.deid.row import build_row, header_json
@@ -134,7 +134,7 @@ class Engine:
         identity: IdentityProvider | None = None,
         *,
         remove_private: bool = True,
-        functions: Mapping[str, Callable[[DataElement, Context], Any]] | None = None,
+        functions: Mapping[str, Callable[[DataElement, FileContext], Any]] | None = None,
         defer_size: int = 1024 * 1024,
         residual_check: bool = True,
         profile_options: tuple[str, ...] = (),
@@ -227,7 +227,7 @@ class Engine:
         ident = self.identity.identity(
             Subject(originals.patient_id, originals.accession, originals.study_uid)
         )
-        ctx = Context(
+        ctx = FileContext(
             variables={
                 "patient_id": ident.patient_id,
                 "accession": ident.accession,
