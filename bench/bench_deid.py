@@ -254,7 +254,12 @@ def main() -> int:
         for path in ct[:5] + dx[:1]:
             plain(path)
             anonymize(path)
-        for label, files, target in (("CT 512x512 x200", ct, 1.3), ("DX 8 MB x20    ", dx, 1.1)):
+        recipe, check = engine.recipe, "on" if engine.residual_check else "off"
+        print(
+            f"engine: default recipe {recipe.name} ({recipe.edition}: {len(recipe.plan.actions)} actions,"
+            f" {len(recipe.filters)} filters), residual-identifier check {check}"
+        )
+        for label, files, target in (("CT 512x512 x200", ct, 1.1), ("DX 8 MB x20    ", dx, 1.1)):
             ratios, plains, engines = [], [], []
             for _ in range(REPEATS):  # the ratio moves with the machine's load: show its spread
                 p, e = side_by_side(files, 2, plain, anonymize)
@@ -271,11 +276,11 @@ def main() -> int:
         from deid.config import DeidRecipe
         from deid.dicom import replace_identifiers
 
-        recipe = DeidRecipe()  # deid's default recipe, as deid users run it
+        deid_recipe = DeidRecipe()  # deid's default recipe, as deid users run it
 
         def with_deid(path: Path) -> None:
             ds = dcmread(path)
-            replace_identifiers([ds], deid=recipe, remove_private=True)
+            replace_identifiers([ds], deid=deid_recipe, remove_private=True)
             dcmwrite(io.BytesIO(), ds)  # deid's default recipe removes the file meta UIDs
 
         p, d = side_by_side(ct[:20], 1, plain, with_deid)

@@ -21,6 +21,7 @@ locals {
     SENDIT_DATE_SHIFT_MAX_DAYS = tostring(var.settings.date_shift_max_days)
     SENDIT_IDENTITY_PROVIDER   = var.settings.identity_provider
     SENDIT_PIXEL_CLEANING      = tostring(var.settings.pixel_cleaning)
+    SENDIT_PROFILE_OPTIONS     = join(",", var.settings.profile_options)
     SENDIT_DELIVERY_LAYOUT     = var.settings.delivery_layout
     SENDIT_CLEANUP             = var.settings.cleanup
     SENDIT_MAX_ATTEMPTS        = tostring(local.topology.subscriptions.anonymize.max_delivery_attempts)

@@ -136,6 +136,7 @@ variable "settings" {
     identity_provider   = optional(string, "hmac")
     identity_url        = optional(string)
     pixel_cleaning      = optional(bool, false)
+    profile_options     = optional(list(string), [])
     delivery_layout     = optional(string, "instance")
     cleanup             = optional(string, "after-send")
     lease_seconds       = optional(number, 60)
@@ -149,6 +150,10 @@ variable "settings" {
   validation {
     condition     = contains(["instance", "tar"], var.settings.delivery_layout) && contains(["after-send", "never"], var.settings.cleanup)
     error_message = "settings.delivery_layout must be instance or tar; settings.cleanup must be after-send or never."
+  }
+  validation {
+    condition     = alltrue([for option in var.settings.profile_options : contains(["clean_descriptors"], option)])
+    error_message = "settings.profile_options may name clean_descriptors (the PS3.15 Clean Descriptors option) only."
   }
   validation {
     condition     = var.settings.date_shift_max_days >= 1

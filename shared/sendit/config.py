@@ -87,6 +87,25 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip().upper() for part in value.split(",") if part.strip())
 
 
+PROFILE_OPTIONS = frozenset({"clean_descriptors"})  # PS3.15 options switchable at run time
+
+
+def _profile_options(value: str) -> tuple[str, ...]:
+    """Comma-separated PS3.15 profile options (SENDIT_PROFILE_OPTIONS), each one we implement."""
+    names = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+    unknown = sorted(set(names) - PROFILE_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(PROFILE_OPTIONS))}"
+        )
+    return names
+
+
+def _modalities(value: str) -> tuple[str, ...] | None:
+    """Comma-separated modalities, or ALL (None: every modality, as in ``sendit anonymize --modalities``)."""
+    return None if value.strip().upper() == "ALL" else _csv(value)
+
+
 class _Reader:
     """Reads variables from one mapping and collects what is missing or malformed (never a value)."""
 
@@ -147,11 +166,13 @@ class Settings:
     secret_key: bytes = field(repr=False, default=b"")  # SENDIT_SECRET_KEY
     collection: str = "sendit"  # SENDIT_COLLECTION
     recipe_path: str | None = None  # SENDIT_RECIPE (None: the shipped PS3.15 default recipe)
-    allowed_modalities: tuple[str, ...] = ("CT", "MR")  # SENDIT_ALLOWED_MODALITIES (comma separated)
+    # SENDIT_ALLOWED_MODALITIES (comma separated; ALL -> None: every modality)
+    allowed_modalities: tuple[str, ...] | None = ("CT", "MR")
     date_shift_max_days: int = 365  # SENDIT_DATE_SHIFT_MAX_DAYS (shift in [-N, N], never 0)
     identity_provider: str = "hmac"  # SENDIT_IDENTITY_PROVIDER: hmac | http
     identity_url: str | None = None  # SENDIT_IDENTITY_URL (for the http provider)
     pixel_cleaning: bool = False  # SENDIT_PIXEL_CLEANING
+    profile_options: tuple[str, ...] = ()  # SENDIT_PROFILE_OPTIONS (comma separated: clean_descriptors)
     delivery_layout: str = "instance"  # SENDIT_DELIVERY_LAYOUT: instance | tar
     cleanup: str = "after-send"  # SENDIT_CLEANUP: after-send | never
     max_attempts: int = 5  # SENDIT_MAX_ATTEMPTS (then FAILED, message acked)
@@ -230,7 +251,8 @@ def _options(read: _Reader) -> dict[str, Any]:
     return {
         "collection": source.get("SENDIT_COLLECTION", "").strip() or "sendit",
         "recipe_path": source.get("SENDIT_RECIPE") or None,
-        "allowed_modalities": read.conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv),
+        "allowed_modalities": read.conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _modalities),
+        "profile_options": read.conv("SENDIT_PROFILE_OPTIONS", (), _profile_options),
         "date_shift_max_days": read.at_least("SENDIT_DATE_SHIFT_MAX_DAYS", 365, 1),
         "identity_provider": identity,
         "identity_url": identity_url,

@@ -247,3 +247,21 @@ def test_end_to_end_upload_send_and_resend(stack: Any, ctx: Any, tmp_path: Path,
     # queued == [] is the positive signal: no delivery message was published, so the table can be read now
     assert code == 200 and again["already_sent"] == [batch_id] and again["queued"] == [], again
     assert len(study_rows(ctx, batch_id)) == 1
+
+
+def test_descriptions_are_carried_when_clean_descriptors_keeps_them(
+    ctx: Any, tmp_path: Path, batch_name: str
+) -> None:
+    kept = kit.context(dataclasses.replace(ctx.settings, profile_options=("clean_descriptors",)), ctx.clients)
+    seeded = kit.seed_batch(kept, tmp_path, batch_name, _studies()[:1])
+    _send(kept, seeded.batch_id)
+    (row,) = study_rows(kept, seeded.batch_id)
+    assert row["study_description"] and row["study_description"].startswith("CT CHEST")
+    assert not kit.planted_in(row["study_description"])  # the planted name inside it is cleaned away
+    assert {s["description"] for s in row["series"]} == {"AXIAL 1.25"}
+
+    # without the option (the default) both are removed, as the image rows' headers show
+    plain = kit.seed_batch(ctx, tmp_path, batch_name + "p", _studies()[:1])
+    _send(ctx, plain.batch_id)
+    (row,) = study_rows(ctx, plain.batch_id)
+    assert row["study_description"] is None and {s["description"] for s in row["series"]} == {None}

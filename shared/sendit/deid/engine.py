@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import IO, TYPE_CHECKING, Any
 
 from pydicom import dcmread
@@ -38,8 +40,9 @@ from sendit.deid.identity import (
     provider_from_settings,
 )
 from sendit.deid.outcome import Outcome, Pseudonyms
-from sendit.deid.plan import Context, elements, text_value
-from sendit.deid.recipe import FilterItem, Recipe, load_recipe
+from sendit.deid.plan import FileContext, elements, text_value
+from sendit.deid.recipe import FieldValues, FilterItem, Recipe, load_recipe, with_options
+from sendit.deid.residual import collect, scrub
 from sendit.deid.row import build_row, header_json
 from sendit.deid.writer import file_meta_bytes, write_body
 
@@ -136,29 +139,39 @@ class Engine:
         identity: IdentityProvider | None = None,
         *,
         remove_private: bool = True,
-        functions: Mapping[str, Callable[[DataElement, Context], Any]] | None = None,
+        functions: Mapping[str, Callable[[DataElement, FileContext], Any]] | None = None,
         defer_size: int = 1024 * 1024,
+        residual_check: bool = True,
+        profile_options: tuple[str, ...] = (),
         id_source: IdSource | None = None,
     ) -> None:
         key = check_key(secret_key)  # no key, no run (also for the HTTP provider: it keys the UIDs)
         quiet_pydicom()
         self.identity: IdentityProvider = identity or HmacIdentity(key, date_shift_max_days)
         self.id_source = id_source or IdSource()  # SENDIT_ENTITY_ID / SENDIT_ITEM_ID (deid/identity.py)
-        self.recipe: Recipe = load_recipe(recipe_path, remove_private=remove_private)
+        # run-time PS3.15 options (SENDIT_PROFILE_OPTIONS): clean_descriptors keeps the descriptors for the
+        # residual check to clean, so that check cannot be off with it
+        loaded = load_recipe(recipe_path, remove_private=remove_private)
+        self.recipe: Recipe = with_options(loaded, profile_options)
         self.allowed_modalities = (
             None if allowed_modalities is None else frozenset(m.upper() for m in allowed_modalities)
         )
         self.pixel_cleaning = pixel_cleaning
         self.functions = dict(functions or {})
         self.defer_size = defer_size
+        self.residual_check = residual_check or "clean_descriptors" in self.recipe.options
         self._version_name = f"SENDIT_{SOFTWARE_VERSION}"[:16]
-        self.method = f"sendit {SOFTWARE_VERSION}; recipe {self.recipe.name}; sha256:{self.recipe.sha256}"
+        edition = f"; {self.recipe.edition}" if self.recipe.edition else ""
+        options = "".join(f" +{name}" for name in self.recipe.options)
+        recipe = f"recipe {self.recipe.name}{options}"
+        self.method = f"sendit {SOFTWARE_VERSION}; {recipe}{edition}; sha256:{self.recipe.sha256}"
         # provenance elements and their header JSON, made once per encoding (the same for every file)
         self._provenance_cache: dict[tuple[bool, bool, bool], _Provenance] = {}
-        # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, hash
+        # DeidentificationMethod is LO (64 characters a value), multi-valued: software, recipe, edition, hash
         self.method_values = [
             f"sendit {SOFTWARE_VERSION}"[:64],
-            f"recipe {self.recipe.name}"[:64],
+            recipe[:64],
+            *([self.recipe.edition[:64]] if self.recipe.edition else []),  # "PS3.15 2026c"
             f"sha256:{self.recipe.sha256[:48]}",
         ]
 
@@ -172,6 +185,7 @@ class Engine:
             date_shift_max_days=settings.date_shift_max_days,
             pixel_cleaning=settings.pixel_cleaning,
             identity=identity,
+            profile_options=settings.profile_options,
             id_source=id_source_from_settings(settings),
         )
 
@@ -221,7 +235,7 @@ class Engine:
                 originals.item_source,
             )
         )
-        ctx = Context(
+        ctx = FileContext(
             variables={
                 "patient_id": ident.patient_id,
                 "accession": ident.accession,
@@ -239,7 +253,9 @@ class Engine:
             reason = clean_pixels(ds, cleaning)
             if reason:
                 raise Rejected("FAILED", reason)
+        needles = collect(ds) if self.residual_check else None
         self.recipe.plan.apply(ds, ctx)
+        residual = scrub(ds, needles)
         syntax, provenance = self._finish(ds, originals, cleaned=bool(cleaning))
         written = self._write(ds, dst, syntax, fp)
         row = build_row(ds, self.method, syntax, provenance.json)
@@ -255,6 +271,7 @@ class Engine:
             row=row,
             study_date=text_value(ds, 0x00080020) or None,
             bytes_written=written,
+            residual_removed=residual,
         )
 
     # -- reading and checks
@@ -284,6 +301,9 @@ class Engine:
             raise Rejected("FAILED", "truncated DICOM" if magic else "not DICOM")
         if _last_value_cut(ds):
             raise Rejected("FAILED", "truncated DICOM")
+        mismatch = _encoding_mismatch(ds)
+        if mismatch:
+            raise Rejected("FAILED", mismatch)
         return ds
 
     def _check(self, ds: Dataset, size: int | None) -> _Originals:
@@ -340,19 +360,20 @@ class Engine:
 
     # -- filters
 
-    def _graylist_coordinates(self, ds: Dataset) -> list[FilterItem]:
-        return [item for item in self.recipe.filter_hits(ds, "graylist") if item.coordinates]
+    def _graylist_coordinates(self, ds: Dataset, values: FieldValues | None = None) -> list[FilterItem]:
+        return [item for item in self.recipe.filter_hits(ds, "graylist", values) if item.coordinates]
 
     def _filters(self, ds: Dataset) -> list[FilterItem]:
         """Apply %filter lists; return the graylist items whose coordinates must be cleaned."""
-        blacklisted = self.recipe.filter_hits(ds, "blacklist")
+        values = FieldValues(ds)  # each field the filters test is read once
+        blacklisted = self.recipe.filter_hits(ds, "blacklist", values)
         if blacklisted:
             raise Rejected("SKIPPED", f"blacklist: {_label(blacklisted[0])}")
         if (text_value(ds, 0x00280301) or "").upper() == "YES":
-            return self._graylist_coordinates(ds)  # only reached with pixel cleaning and coordinates
-        if self.recipe.filter_hits(ds, "whitelist"):
+            return self._graylist_coordinates(ds, values)  # only reached with pixel cleaning and coordinates
+        if self.recipe.filter_hits(ds, "whitelist", values):
             return []
-        grey = self.recipe.filter_hits(ds, "graylist")
+        grey = self.recipe.filter_hits(ds, "graylist", values)
         if not grey:
             return []
         if self.pixel_cleaning and all(item.coordinates for item in grey):
@@ -434,7 +455,7 @@ class Engine:
             if start is not None:  # nothing written on failure
                 dst.seek(start)
                 dst.truncate()
-            raise Rejected("FAILED", f"cannot write DICOM ({type(exc).__name__})") from exc
+            raise Rejected("FAILED", _write_problem(exc)) from exc
         return dst.tell() - start if start is not None else 0
 
 
@@ -519,6 +540,45 @@ def _encode_provenance(
         value = data[header:]
         out.append(RawDataElement(element.tag, element.VR, len(value), value, 0, implicit, little, True))
     return tuple(out)
+
+
+def _encoding_mismatch(ds: Dataset) -> str | None:
+    """A body encoded otherwise than its transfer syntax says (pydicom reads it, nothing can write it)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds.__dict__ else None
+    encoding = _syntax_encoding(str(syntax)) if syntax is not None else None
+    if encoding is None:
+        return None  # no file meta, a private or deflated syntax: nothing to compare with
+    first = next((e for e in elements(ds).values() if isinstance(e, RawDataElement)), None)
+    if first is None:
+        return None
+    implicit, little = encoding
+    if first.is_implicit_VR != implicit:
+        found, said = ("implicit", "explicit") if first.is_implicit_VR else ("explicit", "implicit")
+        return f"malformed DICOM: dataset encoded {found} VR under an {said} VR transfer syntax"
+    if first.is_little_endian != little:
+        found, said = ("little", "big") if first.is_little_endian else ("big", "little")
+        return f"malformed DICOM: dataset encoded {found} endian under a {said} endian transfer syntax"
+    return None
+
+
+@lru_cache(maxsize=64)
+def _syntax_encoding(syntax: str) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) of a public, not deflated transfer syntax; None otherwise."""
+    uid = UID(syntax)
+    if not uid.is_transfer_syntax or uid.is_deflated:
+        return None
+    return bool(uid.is_implicit_VR), bool(uid.is_little_endian)
+
+
+def _write_problem(exc: Exception) -> str:
+    """What is wrong with a file pydicom cannot write, in words (never a value, never an exception name)."""
+    if isinstance(exc, AttributeError):
+        return "malformed DICOM: SOPClassUID or SOPInstanceUID missing or empty"
+    if isinstance(exc, (ValueError, TypeError, OverflowError, struct.error)):
+        return "malformed DICOM: an element's value cannot be encoded in its VR"
+    if isinstance(exc, OSError):
+        return "cannot write DICOM: output not writable"
+    return "malformed DICOM: the dataset cannot be encoded"
 
 
 def _guess_syntax(ds: Dataset) -> str:

@@ -15,10 +15,14 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sendit.deid.identity import MissingKeyError
 from sendit.deid.plan import RecipeError
+
+if TYPE_CHECKING:
+    from sendit.deid.engine import Engine
+    from sendit.deid.outcome import Outcome
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -37,6 +41,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--date-shift-max-days", type=int, default=365)
     parser.add_argument("--pixel-cleaning", action="store_true", help="clean graylist coordinates")
+    parser.add_argument(
+        "--profile-options",
+        default="",
+        help="PS3.15 options switched on, comma separated (clean_descriptors); as SENDIT_PROFILE_OPTIONS",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -60,6 +69,42 @@ def _progress(stream: TextIO, done: int, total: int, counts: Counter[str]) -> No
 def run(name: str, args: argparse.Namespace) -> int:
     """Run the subcommand; the exit status."""
     del name
+    try:
+        engine = _engine(args)
+    except (MissingKeyError, RecipeError, ValueError, OSError) as exc:
+        print(f"sendit anonymize: {exc}", file=sys.stderr)
+        return 2
+    source: Path = args.input_dir
+    if not source.is_dir():
+        print("sendit anonymize: INPUT_DIR is not a folder", file=sys.stderr)
+        return 2
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    report: list[dict[str, Any]] = []
+    for index, path in enumerate(files, 1):
+        outcome, out_path = _anonymize_one(engine, source, path, args.output_dir)
+        if outcome.state == "ANONYMIZED":
+            if args.diff is not None and not counts["ANONYMIZED"]:
+                write_diff(path, out_path, args.diff)
+        else:
+            reasons[f"{outcome.state.lower()}: {outcome.reason}"] += 1
+        counts[outcome.state] += 1
+        if outcome.residual_removed:
+            counts["residual_files"] += 1
+            counts["residual_removed"] += outcome.residual_removed
+        report.append(_report_entry(path.relative_to(source), outcome))
+        if not args.quiet:
+            _progress(sys.stderr, index, len(files), counts)
+    if not args.quiet and files:
+        sys.stderr.write("\n")
+    _summarize(args, engine, len(files), counts, reasons, report)
+    return 1 if counts["FAILED"] else 0
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    """The engine the function runs, configured from the command line."""
     from sendit.deid.engine import Engine
 
     modalities = (
@@ -67,75 +112,77 @@ def run(name: str, args: argparse.Namespace) -> int:
         if args.modalities.strip().upper() == "ALL"
         else tuple(m.strip().upper() for m in args.modalities.split(",") if m.strip())
     )
-    try:
-        engine = Engine(
-            recipe_path=args.recipe,
-            secret_key=_key(args),
-            allowed_modalities=modalities,
-            date_shift_max_days=args.date_shift_max_days,
-            pixel_cleaning=args.pixel_cleaning,
-        )
-    except (MissingKeyError, RecipeError, ValueError, OSError) as exc:
-        print(f"sendit anonymize: {exc}", file=sys.stderr)
-        return 2
-    source: Path = args.input_dir
-    target: Path = args.output_dir
-    if not source.is_dir():
-        print("sendit anonymize: INPUT_DIR is not a folder", file=sys.stderr)
-        return 2
-    files = sorted(p for p in source.rglob("*") if p.is_file())
-    target.mkdir(parents=True, exist_ok=True)
-    counts: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    report: list[dict[str, Any]] = []
-    diff_written = False
-    for index, path in enumerate(files, 1):
-        relative = path.relative_to(source)
-        out_path = target / relative
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = out_path.with_name(out_path.name + ".partial")
-        with open(partial, "wb") as out:
-            outcome = engine.process(str(path), out)
-        if outcome.state == "ANONYMIZED":
-            partial.replace(out_path)
-            if args.diff is not None and not diff_written:
-                write_diff(path, out_path, args.diff)
-                diff_written = True
-        else:
-            partial.unlink()
-            reasons[f"{outcome.state.lower()}: {outcome.reason}"] += 1
-        counts[outcome.state] += 1
-        report.append(
-            {
-                "file": str(relative),
-                "state": outcome.state,
-                "reason": outcome.reason,
-                "instance_uid": outcome.ids.instance_uid if outcome.ids else None,
-                "patient_id": outcome.ids.patient_id if outcome.ids else None,
-                "study_date": outcome.study_date,
-            }
-        )
-        if not args.quiet:
-            _progress(sys.stderr, index, len(files), counts)
-    if not args.quiet and files:
-        sys.stderr.write("\n")
+    return Engine(
+        recipe_path=args.recipe,
+        secret_key=_key(args),
+        allowed_modalities=modalities,
+        date_shift_max_days=args.date_shift_max_days,
+        pixel_cleaning=args.pixel_cleaning,
+        profile_options=tuple(o.strip().lower() for o in args.profile_options.split(",") if o.strip()),
+    )
+
+
+def _anonymize_one(engine: Engine, source: Path, path: Path, target: Path) -> tuple[Outcome, Path]:
+    """De-identify one file into the mirrored path under ``target``; only ANONYMIZED output is kept."""
+    out_path = target / path.relative_to(source)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(out_path.name + ".partial")
+    with open(partial, "wb") as out:
+        outcome = engine.process(str(path), out)
+    if outcome.state == "ANONYMIZED":
+        partial.replace(out_path)
+    else:
+        partial.unlink()
+    return outcome, out_path
+
+
+def _report_entry(relative: Path, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "file": str(relative),
+        "state": outcome.state,
+        "reason": outcome.reason,
+        "instance_uid": outcome.ids.instance_uid if outcome.ids else None,
+        "patient_id": outcome.ids.patient_id if outcome.ids else None,
+        "study_date": outcome.study_date,
+        "residual_removed": outcome.residual_removed,
+    }
+
+
+def _summarize(
+    args: argparse.Namespace,
+    engine: Any,
+    total: int,
+    counts: Counter[str],
+    reasons: Counter[str],
+    report: list[dict[str, Any]],
+) -> None:
+    """The summary on stdout (counts, reasons, residual hits, recipe and edition) and the JSON report."""
     print(
-        f"{len(files)} files: {counts['ANONYMIZED']} anonymized, {counts['SKIPPED']} skipped, "
+        f"{total} files: {counts['ANONYMIZED']} anonymized, {counts['SKIPPED']} skipped, "
         f"{counts['FAILED']} failed"
     )
     for reason, count in sorted(reasons.items()):
         print(f"  {count:6d}  {reason}")
+    if counts["residual_removed"]:
+        print(
+            f"residual identifiers removed from retained text: {counts['residual_removed']}"
+            f" in {counts['residual_files']} files"
+        )
+    print(f"recipe: {engine.recipe.name} ({engine.recipe.edition or 'no edition declared'})")
     if args.report is not None:
         summary = {
             "anonymized": counts["ANONYMIZED"],
             "skipped": counts["SKIPPED"],
             "failed": counts["FAILED"],
+            "residual_removed": counts["residual_removed"],
         }
-        args.report.write_text(
-            json.dumps({"recipe": engine.method, "summary": summary, "files": report}, indent=2),
-            encoding="utf-8",
-        )
-    return 1 if counts["FAILED"] else 0
+        document = {
+            "recipe": engine.method,
+            "edition": engine.recipe.edition or None,
+            "summary": summary,
+            "files": report,
+        }
+        args.report.write_text(json.dumps(document, indent=2), encoding="utf-8")
 
 
 def tag_diff(before_path: Path, after_path: Path) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ class Outcome:
     unreadable: ``reason`` says why, nothing written). ``reason`` never quotes a header value.
     ``row`` holds the BigQuery columns the engine knows (see ``sendit/schema/dicom.json``): everything
     except batch_id, collection, uri, size_bytes, md5 and sent_at, which delivery adds.
+    ``residual_removed`` counts the file's own identifying values found in text the recipe kept (and cut
+    out of it) by the residual-identifier check: never the values themselves.
     """
 
     state: State
@@ -36,3 +38,4 @@ class Outcome:
     row: dict[str, Any] = field(default_factory=dict)
     study_date: str | None = None  # shifted, YYYYMMDD, for the batch's per-StudyDate counts
     bytes_written: int = 0
+    residual_removed: int = 0  # hits of the residual-identifier check cut out of retained text (a count only)

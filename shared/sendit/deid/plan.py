@@ -46,6 +46,41 @@ PROTECTED_KEYWORDS = frozenset(
     }
 )
 
+# UIDs that name a class, a coding scheme, a context group, a mapping resource, a template or a transfer
+# syntax identify no one and are referred to from elsewhere: the engine never remaps them (private ones
+# included). Instance UIDs (everything else of VR UI) are remapped.
+CLASS_UID_KEYWORDS = frozenset(
+    {
+        "AffectedSOPClassUID",
+        "AvailableTransferSyntaxUID",
+        "CodingSchemeUID",
+        "ContextGroupExtensionCreatorUID",
+        "ContextUID",
+        "EncryptedContentTransferSyntaxUID",
+        "FlowTransferSyntaxUID",
+        "ImplementationClassUID",
+        "MACCalculationTransferSyntaxUID",
+        "MappingResourceUID",
+        "MediaStorageSOPClassUID",
+        "OriginalSpecializedSOPClassUID",
+        "PertinentSOPClassesInSeries",
+        "PertinentSOPClassesInStudy",
+        "RTVCommunicationSOPClassUID",
+        "ReferencedRelatedGeneralSOPClassUIDInFile",
+        "ReferencedSOPClassUID",
+        "ReferencedSOPClassUIDInFile",
+        "ReferencedTransferSyntaxUIDInFile",
+        "RelatedGeneralSOPClassUID",
+        "RequestedSOPClassUID",
+        "SOPClassUID",
+        "SOPClassesInStudy",
+        "SOPClassesSupported",
+        "SegmentationTemplateUID",
+        "StoredInstanceTransferSyntaxUID",
+        "TransferSyntaxUID",
+    }
+)
+
 _PAREN_TAG = re.compile(r"^\(\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)$")
 _BARE_TAG = re.compile(r"^(?:0x)?([0-9A-Fa-f]{8})$")
 _EXPANDER = re.compile(r'^([^:"]*(?:"[^"]*"[^:"]*)*):(.*)$')
@@ -206,12 +241,12 @@ def parse_tag(field_name: str) -> int | None:
 
 
 @dataclass
-class Context:
+class FileContext:
     """Per-file inputs to the plan: variables, functions and the UID remapper (keyed)."""
 
     variables: Mapping[str, Any]
     uid: Callable[[str], str]
-    functions: Mapping[str, Callable[[DataElement, Context], Any]] = field(default_factory=dict)
+    functions: Mapping[str, Callable[[DataElement, FileContext], Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -238,11 +273,11 @@ def remap_uid_value(value: Any, remap: Callable[[str], str]) -> Any:
     return one(value)
 
 
-def _func_hash_uid(element: DataElement, ctx: Context) -> Any:
+def _func_hash_uid(element: DataElement, ctx: FileContext) -> Any:
     return remap_uid_value(element.value, ctx.uid)
 
 
-BUILTIN_FUNCTIONS: dict[str, Callable[[DataElement, Context], Any]] = {"hash_uid": _func_hash_uid}
+BUILTIN_FUNCTIONS: dict[str, Callable[[DataElement, FileContext], Any]] = {"hash_uid": _func_hash_uid}
 
 
 def _keyvalues(extras: str) -> dict[str, str]:
@@ -250,7 +285,7 @@ def _keyvalues(extras: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def _deid_func(name: str, extras: str, element: DataElement, ctx: Context) -> Any:
+def _deid_func(name: str, extras: str, element: DataElement, ctx: FileContext) -> Any:
     """deid's built-in functions, made deterministic and keyed (documented deviations)."""
     if name in ("pydicom_uuid", "dicom_uuid"):
         return remap_uid_value(element.value, ctx.uid)
@@ -267,7 +302,7 @@ def _deid_func(name: str, extras: str, element: DataElement, ctx: Context) -> An
 DEID_FUNCTIONS = frozenset({"pydicom_uuid", "dicom_uuid", "basic_uuid", "suffix_uuid", "jitter"})
 
 
-def resolve(spec: str, element: DataElement | None, ctx: Context, vr: str) -> Any:
+def resolve(spec: str, element: DataElement | None, ctx: FileContext, vr: str) -> Any:
     """The value an action's VALUE stands for (None: leave the element as it is, like deid)."""
     kind, sep, option = spec.partition(":")
     kind_l = kind.lower()
@@ -420,7 +455,13 @@ class Plan:
         is_creator = 0x10 <= tag & 0xFFFF <= 0xFF
         if shape.private and self.remove_private and not keep and not is_creator:
             return DROP  # creators stay until their block is known to be empty (see _prune_creators)
-        remap = self.remap_uids and vr == "UI" and not keep and not steps
+        remap = (
+            self.remap_uids
+            and vr == "UI"
+            and not keep
+            and not steps
+            and shape.keyword not in CLASS_UID_KEYWORDS
+        )
         if not steps and not keep and not remap:
             return UNTOUCHED
         if not no_remove and any(a.kind == "REMOVE" and a.value is None for a in steps):
@@ -430,14 +471,14 @@ class Plan:
 
     # -- the walk
 
-    def apply(self, ds: Dataset, ctx: Context) -> None:
+    def apply(self, ds: Dataset, ctx: FileContext) -> None:
         """De-identify ``ds`` in place (file meta excluded: the engine rebuilds it)."""
         self._walk(ds, None, ctx)
         for tag, adds in self._adds.items():
             if tag not in ds:
                 self._fold_missing(ds, tag, adds, ctx)
 
-    def _walk(self, ds: Dataset, parent: str | None, ctx: Context) -> None:
+    def _walk(self, ds: Dataset, parent: str | None, ctx: FileContext) -> None:
         raw_items = elements(ds)  # peek at raw elements without decoding them
         private_seen = False
         for tag in list(raw_items):
@@ -447,6 +488,13 @@ class Plan:
             if tag >> 16 & 1:
                 private_seen = True
                 creator = _creator(ds, tag)
+            elif vr == "UN":
+                vr = _decode_un(ds, tag)  # nothing hides from the walk in a UN value
+                if vr == "UN":
+                    if not self.decide(parent, tag, vr, None).keep:
+                        del ds[tag]  # cannot be decoded and not kept: removed
+                    continue
+                raw = raw_items[tag]
             decision = self.decide(parent, tag, vr, creator)
             if decision is UNTOUCHED:
                 if vr == "SQ":
@@ -470,7 +518,7 @@ class Plan:
         if private_seen and self.remove_private:
             _prune_creators(ds)
 
-    def _walk_sequence(self, ds: Dataset, tag: int, parent: str | None, ctx: Context) -> None:
+    def _walk_sequence(self, ds: Dataset, tag: int, parent: str | None, ctx: FileContext) -> None:
         element = ds[tag]
         name = element.keyword if parent is None else f"{parent}__{element.keyword}"
         for item in element.value or ():
@@ -478,7 +526,7 @@ class Plan:
                 self._walk(item, name, ctx)
 
     def _fold_raw(
-        self, ds: Dataset, tag: int, raw: RawDataElement, vr: str, decision: Decision, ctx: Context
+        self, ds: Dataset, tag: int, raw: RawDataElement, vr: str, decision: Decision, ctx: FileContext
     ) -> bool:
         """Fold on the raw bytes of an ASCII text element (no pydicom conversion); False: not possible."""
         value = raw.value
@@ -536,7 +584,7 @@ class Plan:
         elements(ds)[tag] = raw._replace(value=data, length=len(data), VR=vr)
         return True
 
-    def _fold(self, ds: Dataset, element: DataElement, decision: Decision, ctx: Context) -> bool:
+    def _fold(self, ds: Dataset, element: DataElement, decision: Decision, ctx: FileContext) -> bool:
         """Fold the matched actions over one element; False if it was removed."""
         vr = element.VR
         for action in decision.steps:
@@ -578,7 +626,7 @@ class Plan:
             element.value = shifted  # None blanks a date that could not be shifted
         # other VRs: deid guesses a date format; we leave non-date values alone (documented)
 
-    def _fold_missing(self, ds: Dataset, tag: int, adds: list[Action], ctx: Context) -> None:
+    def _fold_missing(self, ds: Dataset, tag: int, adds: list[Action], ctx: FileContext) -> None:
         """ADD on an element the dataset does not have: create it, then fold the later actions."""
         first = adds[0]
         vr = _dict_vr(tag)
@@ -614,6 +662,20 @@ def text_value(ds: Dataset, tag: int) -> str | None:
     if isinstance(value, (list, MultiValue)):
         return "\\".join(str(v) for v in value)
     return str(value).strip(" \x00")
+
+
+def _decode_un(ds: Dataset, tag: int) -> str:
+    """Decode a public element stored as UN with its dictionary VR (sequences included: pydicom parses
+    the items, implicit VR little endian, as the standard says); its VR, or "UN" if it cannot be decoded."""
+    if _dict_vr(tag) == "UN":
+        return "UN"
+    try:
+        element = ds[tag]
+        if element.VR == "SQ":
+            len(element.value)  # parse the items now: a broken value fails here, not in the writer
+    except Exception:
+        return "UN"
+    return str(element.VR)
 
 
 def _remap_text(text: str, remap: Callable[[str], str]) -> str:
@@ -657,7 +719,7 @@ def _prune_creators(ds: Dataset) -> None:
 __all__ = [
     "ACTIONS",
     "Action",
-    "Context",
+    "FileContext",
     "Plan",
     "RecipeError",
     "compile_field",

@@ -8,16 +8,30 @@ path is checked first and ``SystemExit`` is turned into a ``RecipeError``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.values import convert_value
 
-from sendit.deid.plan import ACTIONS, DEID_FUNCTIONS, Action, Plan, RecipeError, compile_field, parse_tag
+from sendit.deid.plan import (
+    ACTIONS,
+    DEID_FUNCTIONS,
+    Action,
+    Plan,
+    RecipeError,
+    compile_field,
+    elements,
+    parse_tag,
+)
 
 DEFAULT_RECIPE = "deid.dicom.ps315-basic"
 
@@ -46,19 +60,65 @@ class FilterItem:
     lines: tuple[FilterLine, ...]
     coordinates: tuple[tuple[int, str], ...]  # (1 keep / 0 clean, "x0,y0,x1,y1" | "all" | "from:Field")
 
-    def matches(self, ds: Dataset) -> bool:
+    def matches(self, ds: Dataset, values: FieldValues | None = None) -> bool:
         if not self.lines:
             return bool(self.coordinates)  # coordinates only: applies to every image (deid)
         # deid combines the lines of one LABEL with AND (a leading + or || on a line is not used);
         # within a line, tests are combined left to right with their || / + operators.
-        return all(_line_matches(ds, line) for line in self.lines)
+        found = values if values is not None else FieldValues(ds)
+        return all(_line_matches(found, line) for line in self.lines)
 
 
-def _line_matches(ds: Dataset, line: FilterLine) -> bool:
+class FieldValues:
+    """The values the filters test, read once per file (a hundred filters name a dozen fields)."""
+
+    __slots__ = ("cache", "ds", "signed", "texts")
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        self.cache: dict[str, Any] = {}
+        self.texts: dict[str, list[str]] = {}
+        self.signed: tuple[Any, ...] | None = None
+
+    def signature(self, names: tuple[str, ...]) -> tuple[Any, ...]:
+        """What the filters can see of this file: per field, absent / empty / its text."""
+        if self.signed is not None:
+            return self.signed
+        store = elements(self.ds)
+        out: list[Any] = []
+        for name in names:
+            tag = int(name, 16) if name.lower().startswith("0x") else _keyword_tag(name)
+            raw = store.get(tag) if tag is not None else None
+            if raw is None:
+                out.append(None)
+            elif isinstance(raw, RawDataElement) and raw.value is not None:
+                out.append((raw.VR, raw.is_little_endian, raw.value))  # the same bytes, the same verdict
+            else:
+                value = self.get(name)
+                out.append(None if value is None else (bool(value), tuple(self.contenders(name))))
+        self.signed = tuple(out)
+        return self.signed
+
+    def contenders(self, name: str) -> list[str]:
+        try:
+            return self.texts[name]
+        except KeyError:
+            found = self.texts[name] = _contenders(self.get(name))
+            return found
+
+    def get(self, name: str) -> Any:
+        try:
+            return self.cache[name]
+        except KeyError:
+            value = self.cache[name] = _get(self.ds, name)
+            return value
+
+
+def _line_matches(values: FieldValues, line: FilterLine) -> bool:
     flagged = False
     for index, (action, name) in enumerate(zip(line.actions, line.fields, strict=False)):
         value = line.values[index] if index < len(line.values) else None
-        flag = _test(ds, action, name, value or None)
+        flag = _test(values, action, name, value or None)
         if index == 0:
             flagged = flag
         elif line.inner[index - 1] == "or":
@@ -68,38 +128,82 @@ def _line_matches(ds: Dataset, line: FilterLine) -> bool:
     return flagged
 
 
+_BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
+
+
 def _get(ds: Dataset, name: str) -> Any:
+    """deid's ``dicom.get(field)``: the top-level value by keyword (or ``0x`` tag), None if absent.
+
+    A raw ASCII text or binary number element is decoded with pydicom's own value conversion without
+    turning it into a data element (so it stays raw for the writer); anything else through pydicom."""
     if name.lower().startswith("0x"):
         element = ds.get(int(name, 16))
         return None if element is None else element.value
+    tag = _keyword_tag(name)
+    if tag is None:
+        return None
+    raw = elements(ds).get(tag)
+    if raw is None:
+        return None
     try:
-        return ds.get(name)
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.value
+            and raw.VR is not None
+            and (raw.VR in _BINARY_NUMBER_VRS or (raw.VR not in ("SQ", "UN") and raw.value.isascii()))
+            and raw.value_tell is not None
+        ):
+            value = convert_value(raw.VR, raw)
+            return None if value is None else value
+        return ds[tag].value
     except Exception:  # a malformed value: treat as absent
         return None
+
+
+@lru_cache(maxsize=4096)
+def _keyword_tag(name: str) -> int | None:
+    return tag_for_keyword(name)
 
 
 def _contenders(value: Any) -> list[str]:
     return [str(value).lower().strip()] if value is not None else []
 
 
-def _test(ds: Dataset, action: str, name: str, term: str | None) -> bool:
+_PATTERNS: dict[str, re.Pattern[str] | None] = {}
+
+
+def _pattern(wanted: str) -> re.Pattern[str] | None:
+    """deid's ``re.search(term, value)``, compiled once per term (None: not a valid expression)."""
+    try:
+        return _PATTERNS[wanted]
+    except KeyError:
+        try:
+            compiled: re.Pattern[str] | None = re.compile(wanted)
+        except re.error:
+            compiled = None
+        _PATTERNS[wanted] = compiled
+        return compiled
+
+
+def _test(values: FieldValues, action: str, name: str, term: str | None) -> bool:
     action = action.lower()
     if action == "missing":
-        return _get(ds, name) is None
+        return values.get(name) is None
     if action == "present":
-        return _get(ds, name) is not None
+        return values.get(name) is not None
     if action == "empty":
-        if _get(ds, name) is None:
+        value = values.get(name)
+        if value is None:
             return False
-        value = _get(ds, name)
         return not value or value == ""
     wanted = str(term).lower().strip()
-    contenders = _contenders(_get(ds, name))
+    contenders = values.contenders(name)
     if action in ("contains", "notcontains"):
-        try:
-            found = any(re.search(wanted, c) for c in contenders)
-        except re.error:
+        pattern = _pattern(wanted)
+        if pattern is None:
             found = any(wanted in c for c in contenders)
+        else:
+            found = any(pattern.search(c) for c in contenders)
         return found if action == "contains" else not found
     if action in ("equals", "notequals"):
         found = any(c == wanted for c in contenders)
@@ -121,13 +225,27 @@ class Recipe:
     filters: tuple[FilterItem, ...] = field(default_factory=tuple)
     codes: tuple[str, ...] = ()  # DCM codes the recipe declares ("# sendit-codes: 113100 ...")
     temporal: str = "UNMODIFIED"  # LongitudinalTemporalInformationModified it declares or implies
+    edition: str = ""  # the PS3.15 edition it declares ("# sendit-edition: PS3.15 2026c")
+    filter_fields: tuple[str, ...] = ()  # every field a filter tests
+    options: tuple[str, ...] = ()  # run-time profile options in force (with_options)
+    # filter verdicts by what the filters can see of a file (a series shares them): bounded, thread-safe
+    _verdicts: dict[tuple[str, tuple[Any, ...]], tuple[FilterItem, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def short_hash(self) -> str:
         return self.sha256[:12]
 
-    def filter_hits(self, ds: Dataset, group: str) -> list[FilterItem]:
-        return [item for item in self.filters if item.group == group and item.matches(ds)]
+    def filter_hits(self, ds: Dataset, group: str, values: FieldValues | None = None) -> list[FilterItem]:
+        found = values if values is not None else FieldValues(ds)
+        key = (group, found.signature(self.filter_fields))
+        hits = self._verdicts.get(key)
+        if hits is None:
+            hits = tuple(item for item in self.filters if item.group == group and item.matches(ds, found))
+            if len(self._verdicts) < 4096:
+                self._verdicts[key] = hits
+        return list(hits)
 
 
 def _parse_with_deid(path: str) -> dict[str, Any]:
@@ -204,14 +322,67 @@ def load_recipe(path: str | os.PathLike[str] | None = None, **options: bool) -> 
     codes = tuple(declared.get("codes", "").split())
     jitters = any(a.kind == "JITTER" for a in plan.actions)
     temporal = declared.get("temporal", "MODIFIED" if jitters else "UNMODIFIED").upper()
+    filters = _filters(parsed)
     return Recipe(
         name=text_path.name,
         sha256=hashlib.sha256(data).hexdigest(),
         plan=plan,
-        filters=_filters(parsed),
+        filters=filters,
         codes=codes,
         temporal=temporal,
+        edition=declared.get("edition", ""),
+        filter_fields=tuple(sorted({n for item in filters for line in item.lines for n in line.fields})),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Profile options switched on at run time (SENDIT_PROFILE_OPTIONS)
+
+TABLE = "ps315-table-e1-1.json"
+_CLEAN_DESCRIPTOR_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+
+
+def clean_descriptor_tags() -> tuple[int, ...]:
+    """The text attributes Table E.1-1's Clean Descriptors column marks C (from the committed table)."""
+    from pydicom.datadict import dictionary_VR
+
+    text = resources.files("sendit.deid").joinpath("recipes", TABLE).read_text(encoding="utf-8")
+    tags = []
+    for row in json.loads(text)["rows"]:
+        if row["options"].get("clean_descriptors") != "C" or not re.fullmatch(r"[0-9a-f]{8}", row["id"]):
+            continue
+        tag = int(row["id"], 16)
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue  # newer than pydicom: not decodable, removed as the Basic profile says
+        if vr in _CLEAN_DESCRIPTOR_VRS:
+            tags.append(tag)
+    return tuple(tags)
+
+
+def with_options(recipe: Recipe, options: tuple[str, ...]) -> Recipe:
+    """The recipe with run-time profile options in force.
+
+    ``clean_descriptors`` (PS3.15 Clean Descriptors Option, DCM 113105): the descriptor text attributes are
+    kept (a KEEP ahead of the recipe's own lines), to be cleaned by the residual-identifier check, and the
+    code is added to the provenance code sequence.
+    """
+    unknown = sorted(set(options) - {"clean_descriptors"})
+    if unknown:
+        raise RecipeError(f"unknown profile option(s): {', '.join(unknown)}")
+    if "clean_descriptors" not in options:
+        return recipe
+    keeps = [
+        Action(
+            -1 - number, "KEEP", f"({tag >> 16:04X},{tag & 0xFFFF:04X})", None, compile_field(f"{tag:08x}")
+        )
+        for number, tag in enumerate(clean_descriptor_tags())
+    ]
+    plan = recipe.plan
+    clean = Plan([*keeps, *plan.actions], remove_private=plan.remove_private, remap_uids=plan.remap_uids)
+    codes = recipe.codes if "113105" in recipe.codes else (*recipe.codes, "113105")
+    return replace(recipe, plan=clean, codes=codes, options=(*recipe.options, "clean_descriptors"))
 
 
 def _declarations(text: str) -> dict[str, str]:

@@ -92,89 +92,136 @@ def write_body(
     pixel data length is written as it is). ``source``: the file deferred values are streamed from
     (None: pydicom loads them).
     """
-    out = _Out(dst)
-    end = "<" if little else ">"
-    tag_pack = struct.Struct(end + "HH").pack
-    short_pack = struct.Struct(end + "H").pack
-    long_pack = struct.Struct(end + "L").pack
+    body = _Body(dst, ds, implicit, little, compressed, source)
     items = elements(ds)
-    wrapped: DicomIO | None = None
-    charset: Any = None
-
     for tag in sorted(items):
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # retired group length: pydicom does not write it either
         elem = items[tag]
-        if (
-            tag == 0x7FE00010
-            and compressed
+        if isinstance(elem, RawDataElement) and (
+            (tag == 0x7FE00010 and body.encapsulated(elem))
+            or (_direct(elem, tag, compressed) and body.raw(tag, elem))
+        ):
+            continue
+        body.converted(tag)
+    body.out.flush()
+
+
+class _Body:
+    """One body being written: the encoding's packers, and one method per way an element is written."""
+
+    __slots__ = (
+        "_charset",
+        "_wrapped",
+        "compressed",
+        "ds",
+        "dst",
+        "implicit",
+        "little",
+        "long",
+        "out",
+        "short",
+        "source",
+        "tag",
+    )
+
+    def __init__(
+        self,
+        dst: IO[bytes],
+        ds: Dataset,
+        implicit: bool,
+        little: bool,
+        compressed: bool | None,
+        source: IO[bytes] | None,
+    ) -> None:
+        end = "<" if little else ">"
+        self.dst, self.ds, self.source = dst, ds, source
+        self.implicit, self.little, self.compressed = implicit, little, compressed
+        self.out = _Out(dst)
+        self.tag = struct.Struct(end + "HH").pack
+        self.short = struct.Struct(end + "H").pack
+        self.long = struct.Struct(end + "L").pack
+        self._wrapped: DicomIO | None = None
+        self._charset: Any = None
+
+    def encapsulated(self, elem: RawDataElement) -> bool:
+        """Deferred encapsulated pixel data: its items are copied from the source, not loaded."""
+        source = self.source
+        if not (
+            self.compressed
             and source is not None
-            and not implicit
-            and isinstance(elem, RawDataElement)
+            and not self.implicit
             and elem.value is None
             and elem.length == _UNDEFINED
             and elem.VR in ("OB", "OW")
-        ):  # deferred encapsulated pixel data: its items are copied from the source, not loaded
-            size = _encapsulated_size(source, elem.value_tell, end)
-            if size is not None:
-                out.pending += tag_pack(0x7FE0, 0x0010) + elem.VR.encode("ascii") + b"\x00\x00"
-                out.pending += long_pack(_UNDEFINED)
-                out.flush()
-                _stream(source, elem.value_tell, size, dst)
-                if size & 1:
-                    dst.write(b"\x00")  # as pydicom's OB writer
-                dst.write(tag_pack(0xFFFE, 0xE0DD) + long_pack(0))  # sequence delimiter
-                continue
-        if isinstance(elem, RawDataElement) and _direct(elem, tag, compressed):
-            value = elem.value
-            vr = elem.VR
-            if value is None:
-                if source is None or not elem.length or not _streamable(tag, vr, implicit):
-                    pass  # empty binary/numeric value, or not streamable: pydicom converts it
-                else:
-                    length = elem.length
-                    padded = length + (length & 1)
-                    out.pending += tag_pack(tag >> 16, tag & 0xFFFF)
-                    if not implicit:
-                        out.pending += str(vr).encode("ascii") + b"\x00\x00"  # binary VRs: 32-bit length
-                    out.pending += long_pack(padded)
-                    out.flush()
-                    _stream(source, elem.value_tell, length, dst)
-                    if length & 1:
-                        dst.write(b"\x00")  # pydicom's writers for these VRs pad odd values
-                    continue
-            else:
-                length = len(value)
-                if implicit:
-                    header = tag_pack(tag >> 16, tag & 0xFFFF) + long_pack(length)
-                elif vr in _LONG_VRS:
-                    header = tag_pack(tag >> 16, tag & 0xFFFF) + vr.encode("ascii") + b"\x00\x00"
-                    header += long_pack(length)
-                elif length <= 0xFFFF and vr is not None and len(vr) == 2:
-                    header = tag_pack(tag >> 16, tag & 0xFFFF) + vr.encode("ascii") + short_pack(length)
-                else:
-                    header = b""  # a VR pydicom has to fix (too long for 16 bits): its own writer
-                if header:
-                    out.pending += header
-                    if length >= _DIRECT:
-                        out.flush()
-                        dst.write(value)
-                    else:
-                        out.pending += value
-                    continue
-        # everything else: pydicom's element writer (converted values, sequences, undefined lengths)
+        ):
+            return False
+        size = _encapsulated_size(source, elem.value_tell, "<" if self.little else ">")
+        if size is None:
+            return False
+        out, dst = self.out, self.dst
+        out.pending += self.tag(0x7FE0, 0x0010) + elem.VR.encode("ascii") + b"\x00\x00"
+        out.pending += self.long(_UNDEFINED)
         out.flush()
-        if wrapped is None:
-            wrapped = DicomIO(dst)
-            wrapped.is_implicit_VR, wrapped.is_little_endian = implicit, little
-            charset = ds.get("SpecificCharacterSet", "iso8859")
-        element = ds.get_item(tag)
-        if tag == 0x7FE00010 and compressed is not None:
+        _stream(source, elem.value_tell, size, dst)
+        if size & 1:
+            dst.write(b"\x00")  # as pydicom's OB writer
+        dst.write(self.tag(0xFFFE, 0xE0DD) + self.long(0))  # sequence delimiter
+        return True
+
+    def raw(self, tag: int, elem: RawDataElement) -> bool:
+        """A raw element's header and bytes, written or streamed as they are; False: pydicom must."""
+        value, vr = elem.value, elem.VR
+        if value is None:
+            return self._streamed(tag, elem)
+        length = len(value)
+        if self.implicit:
+            header = self.tag(tag >> 16, tag & 0xFFFF) + self.long(length)
+        elif vr in _LONG_VRS:
+            header = self.tag(tag >> 16, tag & 0xFFFF) + vr.encode("ascii") + b"\x00\x00" + self.long(length)
+        elif length <= 0xFFFF and vr is not None and len(vr) == 2:
+            header = self.tag(tag >> 16, tag & 0xFFFF) + vr.encode("ascii") + self.short(length)
+        else:
+            return False  # a VR pydicom has to fix (too long for 16 bits): its own writer
+        out = self.out
+        out.pending += header
+        if length >= _DIRECT:
+            out.flush()
+            self.dst.write(value)
+        else:
+            out.pending += value
+        return True
+
+    def _streamed(self, tag: int, elem: RawDataElement) -> bool:
+        """A deferred binary value streamed from the source in chunks (never loaded whole)."""
+        source, vr = self.source, elem.VR
+        if source is None or not elem.length or not _streamable(tag, vr, self.implicit):
+            return False  # empty binary/numeric value, or not streamable: pydicom converts it
+        length = elem.length
+        out = self.out
+        out.pending += self.tag(tag >> 16, tag & 0xFFFF)
+        if not self.implicit:
+            out.pending += str(vr).encode("ascii") + b"\x00\x00"  # binary VRs: 32-bit length
+        out.pending += self.long(length + (length & 1))
+        out.flush()
+        _stream(source, elem.value_tell, length, self.dst)
+        if length & 1:
+            self.dst.write(b"\x00")  # pydicom's writers for these VRs pad odd values
+        return True
+
+    def converted(self, tag: int) -> None:
+        """Everything else: pydicom's element writer (converted values, sequences, undefined lengths)."""
+        self.out.flush()
+        if self._wrapped is None:
+            self._wrapped = DicomIO(self.dst)
+            self._wrapped.is_implicit_VR, self._wrapped.is_little_endian = self.implicit, self.little
+            self._charset = self.ds.get("SpecificCharacterSet", "iso8859")
+        element = self.ds.get_item(tag)
+        if tag == 0x7FE00010 and self.compressed is not None:
             if isinstance(element, RawDataElement):
-                element = ds[tag]  # converted so that its length form can be set, as dcmwrite does
-            element.is_undefined_length = compressed
-        write_data_element(wrapped, element, charset)
-    out.flush()
+                element = self.ds[tag]  # converted so that its length form can be set, as dcmwrite does
+            element.is_undefined_length = self.compressed
+        write_data_element(self._wrapped, element, self._charset)
 
 
 def _direct(elem: RawDataElement, tag: int, compressed: bool | None) -> bool:

@@ -113,6 +113,7 @@ def _patient_and_study(ds: Dataset, spec: StudySpec) -> None:
 
 def _image_plane(ds: Dataset, spec: StudySpec, series_index: int, instance_index: int) -> None:
     ds.Modality = spec.modality
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # Type 1 in CT/MR images; the default filters need it
     ds.BodyPartExamined = "CHEST"
     ds.SeriesNumber = series_index
     ds.InstanceNumber = instance_index

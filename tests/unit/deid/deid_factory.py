@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -182,3 +183,13 @@ def make_ct(
     return Planted(
         buffer.getvalue(), study_uid, series_uid, instance_uid, frame_uid, referenced_uid, pixel_bytes
     )
+
+
+def header_only_recipe(target: Path) -> str:
+    """The default recipe without its %filter sections (for tests about the header actions on real files
+    that the default filters would skip, e.g. secondary captures or files without ImageType)."""
+    from sendit.deid.recipe import default_recipe_path
+
+    text = Path(default_recipe_path()).read_text(encoding="utf-8")
+    target.write_text(text[: text.index("%filter")] + text[text.index("%header") :], encoding="utf-8")
+    return str(target)

@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from sendit.deid.identity import HmacIdentity
-from sendit.deid.plan import Context
+from sendit.deid.plan import FileContext
 from sendit.deid.recipe import _parse_with_deid, compile_recipe
 
 RECIPES = sorted(str(p) for p in Path(deid.__file__).parent.joinpath("data").glob("deid.dicom*"))
@@ -85,7 +85,7 @@ def test_plan_matches_deid_on_its_shipped_recipes(recipe_path: str) -> None:
                 [theirs], deid=recipe, remove_private=True, ids={os.path.abspath(sample): dict(VARIABLES)}
             )
         ours = _read(sample)
-        plan.apply(ours, Context(variables=VARIABLES, uid=identity.uid))
+        plan.apply(ours, FileContext(variables=VARIABLES, uid=identity.uid))
         expected, got = flatten(theirs), flatten(ours)
         missing = {k: v for k, v in expected.items() if got.get(k) != v}
         extra = {k: v for k, v in got.items() if k not in expected}
@@ -132,7 +132,7 @@ def test_our_recipe_language_features_match_deid(tmp_path: Path) -> None:
                 ids={os.path.abspath(sample): lookup},
             )
         ours = _read(sample)
-        plan.apply(ours, Context(variables=VARIABLES, uid=identity.uid))
+        plan.apply(ours, FileContext(variables=VARIABLES, uid=identity.uid))
         expected, got = flatten(theirs), flatten(ours)
         missing = {k: v for k, v in expected.items() if got.get(k) != v}
         extra = {k: v for k, v in got.items() if k not in expected}

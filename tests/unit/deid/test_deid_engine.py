@@ -123,8 +123,10 @@ def test_provenance(engine: Engine) -> None:
     ]
     assert {item.CodingSchemeDesignator for item in ds.DeidentificationMethodCodeSequence} == {"DCM"}
     assert ds.DeidentificationMethod[0].startswith("sendit ")
-    assert engine.recipe.sha256[:48] in ds.DeidentificationMethod[2]
+    assert ds.DeidentificationMethod[2] == "PS3.15 2026c"  # the edition the recipe was generated from
+    assert engine.recipe.sha256[:48] in ds.DeidentificationMethod[3]
     assert outcome.row["deid_method"].endswith(engine.recipe.sha256)
+    assert "; PS3.15 2026c; " in outcome.row["deid_method"]
 
 
 def test_row_from_deidentified_dataset(engine: Engine) -> None:

@@ -62,8 +62,8 @@ def test_the_syntaxes_cover_native_deflated_and_compressed() -> None:
 
 
 @pytest.mark.parametrize("syntax", sorted(FILES))
-def test_every_transfer_syntax_round_trips(syntax: str) -> None:
-    engine = Engine(secret_key=KEY, allowed_modalities=None)
+def test_every_transfer_syntax_round_trips(syntax: str, header_recipe: str) -> None:
+    engine = Engine(recipe_path=header_recipe, secret_key=KEY, allowed_modalities=None)
     path = FILES[syntax]
     out = io.BytesIO()
     outcome = engine.process(path, out)
