@@ -84,3 +84,57 @@ def test_unknown_keywords_are_refused() -> None:
     assert Engine.from_settings(
         Settings.from_env({**REQUIRED, "SENDIT_ENTITY_ID": "PatientName", "SENDIT_SECRET_KEY": "k" * 32})
     ).id_source == IdSource("PatientName")
+
+
+def test_offline_command_takes_the_same_choice(tmp_path: object) -> None:
+    """`sendit anonymize --entity-id PatientName`: one name, two PatientIDs -> one pseudonym."""
+    from pathlib import Path
+
+    from sendit.cli.main import main
+
+    root = Path(str(tmp_path))
+    source, target = root / "in", root / "out"
+    source.mkdir()
+    (source / "a.dcm").write_bytes(make_ct(patient_id="MRN-A").data)
+    (source / "b.dcm").write_bytes(make_ct(patient_id="MRN-B").data)
+    key = root / "key"
+    key.write_bytes(KEY)
+    base = ["anonymize", str(source), str(target), "--key-file", str(key), "--quiet"]
+    assert main([*base, "--entity-id", "PatientName"]) == 0
+    by_name = {p.name: dcmread(p).PatientID for p in target.iterdir()}
+    assert by_name["a.dcm"] == by_name["b.dcm"]
+    assert main([*base[:2], str(root / "out2"), *base[3:]]) == 0
+    by_id = {p.name: dcmread(p).PatientID for p in (root / "out2").iterdir()}
+    assert by_id["a.dcm"] != by_id["b.dcm"]
+    assert main([*base[:2], str(root / "out3"), *base[3:], "--entity-id", "NoSuchKeyword"]) != 0
+
+
+def test_identity_provider_settings_are_checked() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(
+            {
+                **REQUIRED,
+                "SENDIT_IDENTITY_AUTH": "basic",
+                "SENDIT_IDENTITY_TIMEOUT": "0",
+                "SENDIT_IDENTITY_RETRIES": "-1",
+            },
+            require_key=False,
+        )
+    for name in ("SENDIT_IDENTITY_AUTH", "SENDIT_IDENTITY_TIMEOUT", "SENDIT_IDENTITY_RETRIES"):
+        assert name in str(info.value)
+    secret = "s3cr3t-token-value-0123456789"
+    settings = Settings.from_env(
+        {
+            **REQUIRED,
+            "SENDIT_IDENTITY_AUTH": "token",
+            "SENDIT_IDENTITY_TOKEN": secret,
+            "SENDIT_IDENTITY_TIMEOUT": "2.5",
+        },
+        require_key=False,
+    )
+    assert (settings.identity_auth, settings.identity_token, settings.identity_timeout) == (
+        "token",
+        secret,
+        2.5,
+    )
+    assert secret not in repr(settings)  # a token never shows in a repr or a log of the settings
