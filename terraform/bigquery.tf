@@ -87,3 +87,8 @@ resource "google_bigquery_table_iam_member" "studies" {
   role       = each.value.role
   member     = google_service_account.functions[each.value.function].member
 }
+
+output "study_table" {
+  description = "BigQuery table receiving one row per delivered study and delivery (project.dataset.table)."
+  value       = local.study_table_id
+}
