@@ -36,6 +36,7 @@ locals {
     var.settings.recipe == null ? {} : { SENDIT_RECIPE = var.settings.recipe },
     var.settings.identity_url == null ? {} : { SENDIT_IDENTITY_URL = var.settings.identity_url },
     local.dicomweb_env, # healthcare.tf: the DICOM store as a delivery target (empty when off)
+    local.identity_env, # identity.tf: study table, identity attributes, the identity provider's auth
   )
 }
 
@@ -86,10 +87,21 @@ resource "google_cloudfunctions2_function" "functions" {
         version = secret_environment_variables.value
       }
     }
+    # identity.tf: the honest broker's static bearer token (identity.auth = token), same functions.
+    dynamic "secret_environment_variables" {
+      for_each = contains(keys(local.identity_token), each.key) ? [local.identity_token[each.key]] : []
+      content {
+        key        = "SENDIT_IDENTITY_TOKEN"
+        project_id = var.project_id
+        secret     = secret_environment_variables.value
+        version    = "latest"
+      }
+    }
   }
 
   depends_on = [
     google_secret_manager_secret_iam_member.functions,
+    google_secret_manager_secret_iam_member.identity_token,
     google_storage_bucket_iam_member.build_reads_sources,
     google_artifact_registry_repository_iam_member.build_writes_images,
     google_project_iam_member.build_logs,

@@ -40,6 +40,20 @@ def _log_level(value: str) -> str:
 
 DELIVERY_TARGETS = ("bucket", "dicomweb")
 DICOMWEB_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+IDENTITY_AUTH = ("id-token", "token", "none")
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError("expected seconds in (0, 300]") from None
+    if not 0 < seconds <= 300:
+        raise ValueError("expected seconds in (0, 300]")
+    return seconds
+
+
+_KEYWORD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")  # a DICOM keyword (the engine checks the dictionary)
 _SECRET_VERSION = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
 
 
@@ -179,12 +193,27 @@ class Settings:
     dicomweb_url: str | None = None
     dicomweb_auth_secret: str | None = field(default=None, repr=False)
     dicomweb_max_request_bytes: int = DICOMWEB_MAX_REQUEST_BYTES
+    # The study table (SENDIT_STUDY_TABLE, project.dataset.table; default: topology.json's study_table in
+    # the image table's dataset) and the identity attributes (SENDIT_ENTITY_ID / SENDIT_ITEM_ID: the DICOM
+    # keywords that define the patient entity and the item; docs/identity.md).
+    study_table: str = ""
+    entity_id: str = "PatientID"
+    item_id: str = "AccessionNumber"
+    # The http identity provider: SENDIT_IDENTITY_AUTH id-token (an ID token from Application Default
+    # Credentials, audience = the URL) | token (SENDIT_IDENTITY_TOKEN, a Secret Manager secret environment
+    # variable) | none (loopback only); SENDIT_IDENTITY_TIMEOUT seconds per request and
+    # SENDIT_IDENTITY_RETRIES retries of a connection error, timeout or 429/5xx answer.
+    identity_auth: str = "id-token"
+    identity_token: str = field(default="", repr=False)
+    identity_timeout: float = 10.0
+    identity_retries: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_key: bool = True) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise ConfigError naming every problem."""
         read = _Reader(os.environ if env is None else env)
         values = {**_required(read, require_key), **_options(read), **_delivery(read)}
+        values.update(_metadata(read, values["bigquery_table"]))
         read.raise_if_any()
         return cls(
             **values,
@@ -252,4 +281,30 @@ def _delivery(read: _Reader) -> dict[str, Any]:
         "dicomweb_max_request_bytes": read.at_least(
             "SENDIT_DICOMWEB_MAX_REQUEST_BYTES", DICOMWEB_MAX_REQUEST_BYTES, 64 * 1024
         ),
+    }
+
+
+def _metadata(read: _Reader, image_table: str) -> dict[str, Any]:
+    """The study table and the identity attributes (issue 15)."""
+    study_table = read.source.get("SENDIT_STUDY_TABLE", "").strip()
+    if not study_table and image_table.count(".") == 2:
+        study_table = image_table.rsplit(".", 1)[0] + "." + topology()["bigquery"]["study_table"]
+    if study_table and study_table.count(".") != 2:
+        read.problems.append("SENDIT_STUDY_TABLE: expected project.dataset.table")
+    chosen = {}
+    for name, default in (("SENDIT_ENTITY_ID", "PatientID"), ("SENDIT_ITEM_ID", "AccessionNumber")):
+        value = read.source.get(name, "").strip() or default
+        if not _KEYWORD.match(value):
+            read.problems.append(f"{name}: expected a DICOM attribute keyword (e.g. {default})")
+        chosen[name] = value
+    auth = read.choice("SENDIT_IDENTITY_AUTH", "id-token", IDENTITY_AUTH)
+    timeout = read.conv("SENDIT_IDENTITY_TIMEOUT", 10.0, _seconds)
+    return {
+        "study_table": study_table,
+        "entity_id": chosen["SENDIT_ENTITY_ID"],
+        "item_id": chosen["SENDIT_ITEM_ID"],
+        "identity_auth": auth,
+        "identity_token": read.source.get("SENDIT_IDENTITY_TOKEN", "").strip(),
+        "identity_timeout": timeout,
+        "identity_retries": read.at_least("SENDIT_IDENTITY_RETRIES", 3, 0),
     }

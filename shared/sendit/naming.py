@@ -87,6 +87,11 @@ def insert_id(batch: str, instance_uid: str) -> str:
     return hashlib.sha256(f"{batch}/{instance_uid}".encode()).hexdigest()[:32]
 
 
+def study_insert_id(delivery_id: str, study_uid: str) -> str:
+    """A stable BigQuery insert id for one study row of one delivery (the same on every retry)."""
+    return hashlib.sha256(f"study/{delivery_id}/{study_uid}".encode()).hexdigest()[:32]
+
+
 def gs_uri(bucket: str, name: str) -> str:
     return f"gs://{bucket}/{name}"
 

@@ -1,5 +1,5 @@
 """The files shipped inside the package, read once: the topology (shared with Terraform and the local
-stack), the BigQuery schema (shared with Terraform) and the dashboard's static files."""
+stack), the BigQuery schemas (shared with Terraform) and the dashboard's static files."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ def topology() -> dict[str, Any]:
 def bigquery_schema() -> list[dict[str, Any]]:
     """The BigQuery table schema (the same JSON file Terraform uses)."""
     text = resources.files("sendit").joinpath("schema/dicom.json").read_text(encoding="utf-8")
+    schema: list[dict[str, Any]] = json.loads(text)
+    return schema
+
+
+@cache
+def study_schema() -> list[dict[str, Any]]:
+    """The study table's schema (one row per delivered study and delivery; Terraform reads it too)."""
+    name = topology()["bigquery"]["study_schema"]
+    text = resources.files("sendit").joinpath(name).read_text(encoding="utf-8")
     schema: list[dict[str, Any]] = json.loads(text)
     return schema
 

@@ -333,7 +333,7 @@ def test_every_required_setting_is_set_on_every_function() -> None:
     assert SECRET_ENV not in env
     assert SECRET_ENV not in locals_()["function_env"]
     # ...only for the functions that derive pseudonyms (topology needs_key), pinned to one version.
-    dynamic = first(service["dynamic"])["secret_environment_variables"]
+    dynamic = service["dynamic"][0]["secret_environment_variables"]  # [1]: the broker token (identity.tf)
     assert dynamic["for_each"] == "${each.value.needs_key ? [local.secret_version] : []}"
     secret = first(dynamic["content"])
     assert secret["key"] == SECRET_ENV
@@ -592,3 +592,40 @@ def test_healthcare_targets_allowed_by_terraform_pass_settings(targets: str) -> 
     }
     settings = Settings.from_env(env, require_key=False)
     assert settings.delivery_targets == tuple(targets.split(",")) and settings.dicomweb_url == url
+
+
+def test_the_study_table_comes_from_its_schema_file_and_reaches_the_functions() -> None:
+    from sendit.resources import study_schema
+
+    table = resource("google_bigquery_table", "studies")
+    assert table["table_id"] == "${local.topology.bigquery.study_table}"
+    match = re.fullmatch(
+        r'\$\{file\("\$\{path\.module\}/(.+)\$\{local\.topology\.bigquery\.study_schema\}"\)\}',
+        table["schema"],
+    )
+    assert match, table["schema"]
+    schema_path = (TF / (match.group(1) + TOPOLOGY["bigquery"]["study_schema"])).resolve()
+    assert schema_path == (ROOT / "shared" / "sendit" / "schema" / "study.json").resolve()
+    assert json.loads(schema_path.read_text(encoding="utf-8")) == study_schema()
+    assert first(table["time_partitioning"])["field"] in {f["name"] for f in study_schema()}
+    assert set(table["clustering"]) <= {f["name"] for f in study_schema()}
+    grant = resource("google_bigquery_table_iam_member", "studies")
+    assert grant["table_id"] == "${google_bigquery_table.studies.table_id}"
+    # The functions get the table's id, and it is what Settings derives by default.
+    assert "local.identity_env" in locals_()["function_env"]
+    identity_env = locals_()["identity_env"]
+    assert identity_env["SENDIT_STUDY_TABLE"] == "${local.study_table_id}"
+    bq = TOPOLOGY["bigquery"]
+    rendered = {k: render(v) for k, v in {**locals_()["settings_env"], **identity_env}.items()}
+    settings = Settings.from_env({**rendered, SECRET_ENV: "k" * 48})
+    assert settings.study_table == f"x.{bq['dataset']}.{bq['study_table']}"
+    derived = Settings.from_env(
+        {k: v for k, v in rendered.items() if k != "SENDIT_STUDY_TABLE"}, require_key=False
+    )
+    assert derived.study_table == settings.study_table
+    # The broker's static token: a secret environment variable for the key-holding functions only.
+    service = first(resource("google_cloudfunctions2_function", "functions")["service_config"])
+    dynamics = [d["secret_environment_variables"] for d in service["dynamic"]]
+    token = first([d for d in dynamics if first(d["content"])["key"] == "SENDIT_IDENTITY_TOKEN"])
+    assert "local.identity_token" in token["for_each"]
+    assert "if fn.needs_key" in locals_()["identity_token"]

@@ -67,4 +67,4 @@ def status(request: Request) -> Response:
     from sendit.http import status_api
 
     ctx = context("status")
-    return status_api.handle(request, lambda: ctx.store)
+    return status_api.handle(request, lambda: ctx.store, ctx.settings.collection)

@@ -237,8 +237,51 @@ def format_metrics(rows: list[dict[str, Any]], fmt: str) -> str:
 
 def run_metrics(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    out.write(format_metrics(metrics_rows(fetch_batches(_url(args, "SENDIT_STATUS_URL"))), args.format))
+    url = _url(args, "SENDIT_STATUS_URL")
+    if getattr(args, "days", None) is not None:
+        out.write(format_volume(fetch_volume(url, args.days, getattr(args, "until", None)), args.format))
+        return 0
+    out.write(format_metrics(metrics_rows(fetch_batches(url)), args.format))
     return 0
+
+
+VOLUME_COLUMNS = ("day", "collection", "deliveries", "files", "studies", "bytes")
+LATENCY_COLUMNS = ("latency", "count", "p50", "p90", "p99", "max")
+
+
+def fetch_volume(status_url: str, days: int, until: str | None = None) -> dict[str, Any]:
+    """``GET /metrics?days=N[&until=D]`` of the status API (sendit.store.metrics)."""
+    query = f"?days={days}" + (f"&until={until}" if until else "")
+    code, body = request_json("GET", f"{status_url}/metrics{query}")
+    if code != 200 or not isinstance(body, dict):
+        message = body.get("error") if isinstance(body, dict) else None
+        raise OperatorError(f"status API answered {code}" + (f": {message}" if message else ""))
+    return body
+
+
+def format_volume(report: dict[str, Any], fmt: str) -> str:
+    """Per day (all collections), per day and collection, then the latency percentiles (seconds)."""
+    if fmt == "json":
+        return json.dumps(report, indent=1) + "\n"
+    buffer = io.StringIO()
+    buffer.write(f"# {report.get('days')} days: {report.get('from')} .. {report.get('until')}\n")
+    per_day = [{**row, "collection": "(all)"} for row in report.get("per_day") or []]
+    for rows in (per_day, report.get("per_collection") or []):
+        writer = csv.DictWriter(buffer, fieldnames=VOLUME_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in VOLUME_COLUMNS})
+        buffer.write("\n")
+    writer = csv.DictWriter(buffer, fieldnames=LATENCY_COLUMNS, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    for name, figures in (report.get("latency_seconds") or {}).items():
+        writer.writerow(
+            {
+                "latency": name,
+                **{k: "" if figures.get(k) is None else figures[k] for k in LATENCY_COLUMNS[1:]},
+            }
+        )
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -260,6 +303,15 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     elif name == "metrics":
         parser.add_argument("--url", help="status function URL (default: $SENDIT_STATUS_URL)")
         parser.add_argument("--format", choices=("tsv", "json"), default="tsv")
+        parser.add_argument(
+            "--days",
+            type=int,
+            help="volume per day and collection and latency percentiles over N whole UTC days "
+            "(default: one row per batch)",
+        )
+        parser.add_argument(
+            "--until", metavar="YYYY-MM-DD", help="last day of the --days window (default: today)"
+        )
     else:
         raise ValueError(name)
 

@@ -30,11 +30,14 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from sendit.deid.identity import (
     HmacIdentity,
-    HttpIdentity,
     IdentityError,
     IdentityProvider,
+    IdentityRefused,
+    IdSource,
     Subject,
     check_key,
+    id_source_from_settings,
+    provider_from_settings,
 )
 from sendit.deid.outcome import Outcome, Pseudonyms
 from sendit.deid.plan import FileContext, elements, text_value
@@ -113,6 +116,8 @@ class _Originals:
     study_uid: str | None
     series_uid: str | None
     instance_uid: str
+    entity_source: str = "PatientID"
+    item_source: str = "AccessionNumber"
 
 
 @dataclass(frozen=True)
@@ -138,10 +143,12 @@ class Engine:
         defer_size: int = 1024 * 1024,
         residual_check: bool = True,
         profile_options: tuple[str, ...] = (),
+        id_source: IdSource | None = None,
     ) -> None:
         key = check_key(secret_key)  # no key, no run (also for the HTTP provider: it keys the UIDs)
         quiet_pydicom()
         self.identity: IdentityProvider = identity or HmacIdentity(key, date_shift_max_days)
+        self.id_source = id_source or IdSource()  # SENDIT_ENTITY_ID / SENDIT_ITEM_ID (deid/identity.py)
         # run-time PS3.15 options (SENDIT_PROFILE_OPTIONS): clean_descriptors keeps the descriptors for the
         # residual check to clean, so that check cannot be off with it
         loaded = load_recipe(recipe_path, remove_private=remove_private)
@@ -170,15 +177,7 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        identity: IdentityProvider | None = None
-        if settings.identity_provider == "http":
-            if not settings.identity_url:
-                raise ValueError("SENDIT_IDENTITY_URL is required by SENDIT_IDENTITY_PROVIDER=http")
-            identity = HttpIdentity(
-                settings.identity_url,
-                check_key(settings.secret_key),
-                date_shift_max_days=settings.date_shift_max_days,
-            )
+        identity = provider_from_settings(settings)  # the keyed default (None) or the HTTP broker
         return cls(
             recipe_path=settings.recipe_path,
             secret_key=settings.secret_key,
@@ -187,6 +186,7 @@ class Engine:
             pixel_cleaning=settings.pixel_cleaning,
             identity=identity,
             profile_options=settings.profile_options,
+            id_source=id_source_from_settings(settings),
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -210,6 +210,8 @@ class Engine:
             return self._process(fp, dst)
         except Rejected as rejected:
             return Outcome(rejected.state, reason=rejected.reason)  # type: ignore[arg-type]
+        except IdentityRefused as refused:  # the broker refused our credentials: the message names no value
+            return Outcome("FAILED", reason=str(refused))
         except IdentityError:
             raise  # transient (the broker is down): the caller retries, the file is not FAILED
         except Exception as exc:  # never crash the caller on one bad file; the reason names no value
@@ -225,7 +227,13 @@ class Engine:
         originals = self._check(ds, size)
         cleaning = self._filters(ds)
         ident = self.identity.identity(
-            Subject(originals.patient_id, originals.accession, originals.study_uid)
+            Subject(
+                originals.patient_id,
+                originals.accession,
+                originals.study_uid,
+                originals.entity_source,
+                originals.item_source,
+            )
         )
         ctx = FileContext(
             variables={
@@ -303,12 +311,15 @@ class Engine:
             instance = text_value(ds, 0x00080018) or ""
             modality = (text_value(ds, 0x00080060) or "").upper()
             burned = (text_value(ds, 0x00280301) or "").upper()
+            entity, entity_source, item, item_source = self.id_source.read(ds)
             originals = _Originals(
-                patient_id=text_value(ds, 0x00100020) or "",
-                accession=text_value(ds, 0x00080050) or None,
+                patient_id=entity,
+                accession=item,
                 study_uid=text_value(ds, 0x0020000D) or None,
                 series_uid=text_value(ds, 0x0020000E) or None,
                 instance_uid=instance,
+                entity_source=entity_source,
+                item_source=item_source,
             )
         except Exception as exc:
             raise Rejected("FAILED", "truncated DICOM") from exc

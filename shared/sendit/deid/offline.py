@@ -46,6 +46,16 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         default="",
         help="PS3.15 options switched on, comma separated (clean_descriptors); as SENDIT_PROFILE_OPTIONS",
     )
+    parser.add_argument(
+        "--entity-id",
+        default=os.environ.get("SENDIT_ENTITY_ID") or "PatientID",
+        help="attribute defining the patient entity (as SENDIT_ENTITY_ID; docs/identity.md)",
+    )
+    parser.add_argument(
+        "--item-id",
+        default=os.environ.get("SENDIT_ITEM_ID") or "AccessionNumber",
+        help="attribute defining the item (as SENDIT_ITEM_ID)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -106,6 +116,7 @@ def run(name: str, args: argparse.Namespace) -> int:
 def _engine(args: argparse.Namespace) -> Engine:
     """The engine the function runs, configured from the command line."""
     from sendit.deid.engine import Engine
+    from sendit.deid.identity import IdSource
 
     modalities = (
         None
@@ -119,6 +130,7 @@ def _engine(args: argparse.Namespace) -> Engine:
         date_shift_max_days=args.date_shift_max_days,
         pixel_cleaning=args.pixel_cleaning,
         profile_options=tuple(o.strip().lower() for o in args.profile_options.split(",") if o.strip()),
+        id_source=IdSource(args.entity_id, args.item_id),
     )
 
 

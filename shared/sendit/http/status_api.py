@@ -3,6 +3,8 @@
 - ``GET {url}/batches`` -> ``{"batches": [{"id", "status", "counts", "has_error", "errors", ...}]}``
 - ``GET {url}/batches/{id}`` -> the batch plus ``"files": [{"name", "state", "reason", ...}]`` and
   ``"next_page_token"`` (``?page_size=`` up to 1000, ``?page_token=``, ``?state=`` to filter)
+- ``GET {url}/metrics?days=N[&until=YYYY-MM-DD]`` -> files, studies and bytes delivered per day and per
+  collection, and latency percentiles, over N whole UTC days (``sendit.store.metrics``)
 - ``GET {url}/`` -> the dashboard for a browser (``Accept: text/html``), the batch list otherwise;
   ``/batches...`` also render as HTML for a browser, and ``?format=json|html`` overrides.
 
@@ -20,7 +22,7 @@ from sendit import naming
 from sendit.errors import UnknownBatch, is_transient
 from sendit.http import dashboard
 from sendit.http.responses import UNAVAILABLE, BadRequest, error, html_response, json_response
-from sendit.store import queries
+from sendit.store import metrics, queries
 from sendit.store.vocabulary import FileState
 
 if TYPE_CHECKING:
@@ -36,6 +38,8 @@ DEFAULT_PAGE, MAX_PAGE = 200, 1000
 def _route(path: str) -> tuple[str, str | None]:
     """('root'|'batches'|'batch'|'missing', batch id). Tolerates a leading function-name segment."""
     parts = [p for p in path.split("/") if p]
+    if parts[-1:] == ["metrics"]:
+        return "metrics", None
     if "batches" in parts:
         rest = parts[parts.index("batches") + 1 :]
         if not rest:
@@ -80,8 +84,9 @@ def _refresh(request: Request) -> int:
         return dashboard.REFRESH_SECONDS
 
 
-def handle(request: Request, store_of: Callable[[], Store]) -> Response:
-    """The HTTP entry (see the module doc); ``store_of`` gives the state store (created on first use)."""
+def handle(request: Request, store_of: Callable[[], Store], collection: str = "sendit") -> Response:
+    """The HTTP entry (see the module doc); ``store_of`` gives the state store (created on first use);
+    ``collection`` (SENDIT_COLLECTION) names the deliveries recorded before records named theirs."""
     if request.method not in {"GET", "HEAD"}:
         return error(405, f"method {request.method} not allowed: use GET", allow="GET, HEAD")
     route, batch_id = _route(request.path)
@@ -93,11 +98,15 @@ def handle(request: Request, store_of: Callable[[], Store]) -> Response:
         return error(exc.status, str(exc))
     try:
         store = store_of()
+        if route == "metrics":
+            return _metrics(store, request, collection)
         if batch_id is None:
             return _batches(store, request)
         return _batch(store, request, batch_id, size, token, state)
     except UnknownBatch:
         return error(404, "unknown batch")
+    except BadRequest as exc:
+        return error(exc.status, str(exc))
     except Exception as exc:  # the state store is down or slow: a JSON answer, never an HTML 500
         log.error("status: state store error", extra={"error": type(exc).__name__})
         if not is_transient(exc):
@@ -123,3 +132,16 @@ def _batch(
     if _wants_html(request):
         return html_response(dashboard.render_batch(batch, _refresh(request), size, state))
     return json_response(batch)
+
+
+def _metrics(store: Store, request: Request, collection: str) -> Response:
+    """Volume over ``days`` whole UTC days ending ``until`` (default today)."""
+    from datetime import date
+
+    try:
+        days = int(request.args.get("days") or "7")
+        until = date.fromisoformat(request.args["until"]) if request.args.get("until") else None
+        metrics.window(days, until)
+    except ValueError:
+        raise BadRequest(f"days must be 1-{metrics.MAX_DAYS}; until a date YYYY-MM-DD") from None
+    return json_response(metrics.volume(store, days=days, until=until, collection=collection))

@@ -23,7 +23,7 @@ from typing import Any
 
 from sendit.local import emulators
 from sendit.local.emulators import Service, StackError, free_port, http_ok
-from sendit.resources import bigquery_schema, topology
+from sendit.resources import bigquery_schema, study_schema, topology
 
 LOCAL_PROJECT = "sendit-local"
 # A development key for the local stack only; the cloud reads SENDIT_SECRET_KEY from Secret Manager.
@@ -76,6 +76,11 @@ class LocalStack:
         return f"{self.project}.{bq['dataset']}.{bq['table']}"
 
     @property
+    def study_table_id(self) -> str:
+        bq = self.names["bigquery"]
+        return f"{self.project}.{bq['dataset']}.{bq['study_table']}"
+
+    @property
     def orthanc_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.orthanc_http}"
 
@@ -101,6 +106,7 @@ class LocalStack:
             SENDIT_PROCESSING_BUCKET=self.bucket("processing"),
             SENDIT_DESTINATION_BUCKET=self.bucket("destination"),
             SENDIT_BIGQUERY_TABLE=self.table_id,
+            SENDIT_STUDY_TABLE=self.study_table_id,
             SENDIT_DELIVER_TOPIC=self.topic("deliver"),
             SENDIT_UPLOAD_TOPIC=self.topic("uploads"),
             SENDIT_SECRET_KEY=os.environ.get("SENDIT_SECRET_KEY") or LOCAL_DEV_KEY,
@@ -222,6 +228,49 @@ class LocalStack:
                 return
         raise KeyError(service_name)
 
+    def start_broker(self, token: str, *, name: str = "identity broker") -> str:
+        """Start the reference honest broker (sendit.local.broker) as one more stack process; return its URL.
+
+        Only when asked (a test fixture, an operator trying the http identity provider): the functions keep
+        the hmac provider unless their environment says otherwise. The token goes through a private file.
+        """
+        port = free_port()
+        folder = self.workdir / "broker" / name.replace(" ", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        token_file = folder / "token"
+        token_file.write_text(token, encoding="utf-8")
+        token_file.chmod(0o600)
+        url = f"http://127.0.0.1:{port}"
+        service = Service(
+            name=name,
+            argv=[
+                sys.executable,
+                "-m",
+                "sendit.local.broker",
+                "--port",
+                str(port),
+                "--token-file",
+                str(token_file),
+                "--db",
+                str(folder / "mapping.sqlite"),
+            ],
+            ready=functools.partial(http_ok, f"{url}/healthz"),
+            env=emulators.private_env(self.workdir / "home-broker"),
+            log_path=self.workdir / "logs" / f"{name.replace(' ', '-')}.log",
+        )
+        self.services.append(service)
+        service.start()
+        service.wait_ready(time.monotonic() + 30)
+        self._write_files()
+        return url
+
+    def stop_service(self, name: str) -> None:
+        """Stop one process the stack started and forget it (e.g. the broker a test asked for)."""
+        service = self.service(name)
+        service.stop()
+        self.services.remove(service)
+        self._write_files()
+
     def service(self, name: str) -> Service:
         for service in self.services:
             if service.name == name:
@@ -255,6 +304,9 @@ class LocalStack:
         schema = [bigquery.SchemaField.from_api_repr(f) for f in bigquery_schema()]
         with contextlib.suppress(Conflict):
             client.create_table(bigquery.Table(self.table_id, schema=schema), timeout=30)
+        study = [bigquery.SchemaField.from_api_repr(f) for f in study_schema()]
+        with contextlib.suppress(Conflict):
+            client.create_table(bigquery.Table(self.study_table_id, schema=study), timeout=30)
 
     def wire_push_subscriptions(self) -> None:
         for sub_name, sub in self.names["subscriptions"].items():

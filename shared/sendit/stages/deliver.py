@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sendit import events, naming
-from sendit.delivery import cleanup, objects, rows
+from sendit.delivery import cleanup, objects, rows, studies
 from sendit.delivery.objects import Item, Written, to_int
 from sendit.errors import BatchBusy, BatchReopened, EventError, RowError
 from sendit.store import batches, deliveries, files
@@ -51,6 +51,8 @@ class Delivery:
     files: int = 0
     rows_inserted: int = 0
     rows_present: int = 0
+    study_rows_inserted: int = 0
+    unattributed: dict[str, int] = field(default_factory=dict)
     objects_written: int = 0
     objects_reused: int = 0
     removed: int = 0
@@ -77,8 +79,10 @@ def deliver_batch(
     *,
     owner: str | None = None,
     insert_rows: InsertRows | None = None,
+    clock: Callable[[], datetime] = deliveries.now,
 ) -> Delivery:
-    """Deliver one SENDING batch (see the module doc). ``insert_rows`` replaces ``rows.insert_rows``."""
+    """Deliver one SENDING batch (see the module doc). ``insert_rows`` replaces ``rows.insert_rows``;
+    ``clock`` gives the delivery's time (``sent_at``, the record's ``at``)."""
     owner = owner or uuid.uuid4().hex
     began = time.monotonic()
     claim = deliveries.claim_delivery(ctx.store, batch_id=batch_id, delivery_id=delivery_id, owner=owner)
@@ -96,7 +100,7 @@ def deliver_batch(
         return result
     result.delivery_id = claim.delivery_id or uuid.uuid4().hex
     try:
-        _deliver(ctx, claim, result, owner, insert_rows or rows.insert_rows)
+        _deliver(ctx, claim, result, owner, insert_rows or rows.insert_rows, clock)
     except BaseException:
         deliveries.release_delivery(ctx.store, batch_id=batch_id, owner=owner)
         raise
@@ -107,6 +111,7 @@ def deliver_batch(
             "delivery_id": result.delivery_id,
             "files": result.files,
             "rows_inserted": result.rows_inserted,
+            "study_rows_inserted": result.study_rows_inserted,
             "objects_written": result.objects_written,
             "objects_reused": result.objects_reused,
             "removed": result.removed,
@@ -120,11 +125,16 @@ def deliver_batch(
 
 
 def _deliver(
-    ctx: Context, claim: DeliveryClaim, result: Delivery, owner: str, insert_rows: InsertRows
+    ctx: Context,
+    claim: DeliveryClaim,
+    result: Delivery,
+    owner: str,
+    insert_rows: InsertRows,
+    clock: Callable[[], datetime],
 ) -> None:
     settings, store = ctx.settings, ctx.store
     batch_id, delivery_id = result.batch_id, str(result.delivery_id)
-    sent_at = deliveries.now()
+    sent_at = clock()
     docs = files.files_of_batch(store, batch=batch_id, state=FileState.ANONYMIZED)
     items = _items(ctx, batch_id, docs, result)
     _write_objects(ctx, items, claim, delivery_id, result)
@@ -137,12 +147,14 @@ def _deliver(
         at=sent_at,
     )
     result.files = len(delivered)
+    _insert_study_rows(ctx, batch_id, delivery_id, result, insert_rows)
     sent = deliveries.delivered_files(store, batch_id=batch_id, delivery_id=delivery_id)
     if settings.cleanup == "after-send" and not result.errors:
         result.removed, result.kept = cleanup.cleanup(ctx.clients.storage, sent)
     if not sent and not docs:
         result.outcome = "nothing_pending"
     result.record = _record(claim, delivery_id, sent, sent_at, settings.delivery_layout, result)
+    result.record["collection"] = settings.collection
     result.status = deliveries.finish_delivery(
         store,
         batch_id=batch_id,
@@ -253,6 +265,30 @@ def _insert_rows(
         )
 
 
+def _insert_study_rows(
+    ctx: Context, batch_id: str, delivery_id: str, result: Delivery, insert_rows: InsertRows
+) -> None:
+    """One study-table row per study of this delivery (delivery/studies.py), only those not there yet."""
+    settings = ctx.settings
+    dicomweb = settings.dicomweb_url if "dicomweb" in settings.delivery_targets else None
+    where = studies.Where(
+        settings.destination_bucket, settings.collection, settings.delivery_layout, dicomweb
+    )
+    every = files.files_of_batch(ctx.store, batch=batch_id)
+    built, result.unattributed = studies.study_rows(
+        every, batch_id=batch_id, delivery_id=delivery_id, where=where
+    )
+    present = studies.existing_studies(ctx.clients.bigquery, settings.study_table, delivery_id)
+    missing = [row for row in built if row["study_uid"] not in present]
+    if missing:
+        result.study_rows_inserted = insert_rows(
+            ctx.clients.bigquery,
+            settings.study_table,
+            missing,
+            [naming.study_insert_id(delivery_id, row["study_uid"]) for row in missing],
+        )
+
+
 def _record(
     claim: DeliveryClaim,
     delivery_id: str,
@@ -281,4 +317,6 @@ def _record(
         "kept": result.kept,
         "errors": len(result.errors),
         "send_seconds": send_seconds,
+        "studies": len({str((f.get("ids") or {}).get("study_uid")) for f in sent}),
+        "unattributed": dict(result.unattributed),
     }

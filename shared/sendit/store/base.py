@@ -67,6 +67,20 @@ def eq(field: str, value: Any) -> Any:
     return FieldFilter(field, "==", value)
 
 
+def since(field: str, value: Any) -> Any:
+    """``field >= value`` (a range on one field needs only Firestore's single-field index)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter(field, ">=", value)
+
+
+def before(field: str, value: Any) -> Any:
+    """``field < value``."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter(field, "<", value)
+
+
 def count(query: Any) -> int:
     """The result of a count aggregation query."""
     for row in query.count(alias="n").get():

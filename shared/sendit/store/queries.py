@@ -46,6 +46,9 @@ DELIVERY_FIELDS = (
     "kept",
     "errors",
     "send_seconds",
+    "collection",
+    "studies",
+    "unattributed",
 )
 ID_FIELDS = ("patient_id", "study_uid", "series_uid", "instance_uid")
 MAX_BATCHES = 500

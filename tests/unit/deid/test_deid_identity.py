@@ -95,7 +95,10 @@ class _Broker(BaseHTTPRequestHandler):
                     "id": ident["id"],
                     "suid": "SUID-" + ident["id"][::-1],
                     "jitter": -12,
-                    "items": [{"id": it["id"], "suid": "ISUID-" + it["id"][::-1]} for it in ident["items"]],
+                    # an item pseudonym goes into AccessionNumber (SH): at most 16 characters
+                    "items": [
+                        {"id": it["id"], "suid": ("I-" + it["id"][::-1])[:16]} for it in ident["items"]
+                    ],
                 }
             ]
         }
@@ -124,16 +127,18 @@ def broker():
 def test_http_identity_against_a_local_broker(broker: str) -> None:
     identity = HttpIdentity(broker, KEY)
     found = identity.identity(Subject("MRN-42", "ACC-7"))
-    assert found.patient_id == "SUID-24-NRM" and found.accession == "ISUID-7-CCA" and found.date_shift == -12
+    assert found.patient_id == "SUID-24-NRM" and found.accession == "I-7-CCA" and found.date_shift == -12
     assert _Broker.requests[0]["path"] == "/identifiers"
     assert _Broker.requests[0]["body"] == {
+        "collection": "sendit",
+        "id_source": {"entity": "PatientID", "item": "AccessionNumber"},
         "identifiers": [
             {
                 "id": "MRN-42",
                 "id_source": "PatientID",
                 "items": [{"id": "ACC-7", "id_source": "AccessionNumber"}],
             }
-        ]
+        ],
     }
     identity.identity(Subject("MRN-42", "ACC-7"))
     assert len(_Broker.requests) == 1  # cached per process
