@@ -1,4 +1,4 @@
-"""The `sendit` command: anonymize | status | send | metrics.
+"""The `sendit` command: anonymize | upload | status | send | metrics.
 
 Each subcommand lives in the module that owns its logic; this file only wires argparse.
 """
@@ -15,6 +15,7 @@ COMMANDS = {
         "sendit.deid.offline",
         "de-identify a local folder with exactly the code the function runs",
     ),
+    "upload": ("sendit.upload", "upload study folders to the staging bucket and seal each with a manifest"),
     "status": ("sendit.operator", "show batch status from the status API"),
     "send": ("sendit.operator", "queue ready batches for delivery"),
     "metrics": ("sendit.operator", "per-batch metrics (the original export_metrics)"),
