@@ -41,12 +41,14 @@ locals {
     bigquery  = "bq-${local.project_number}@bigquery-encryption.iam.gserviceaccount.com"
     firestore = "service-${local.project_number}@gcp-sa-firestore.iam.gserviceaccount.com"
     secret    = "service-${local.project_number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
+    scheduler = "service-${local.project_number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
   }
 
   apis = [
     "artifactregistry.googleapis.com",
     "bigquery.googleapis.com",
     "cloudbuild.googleapis.com",
+    "cloudscheduler.googleapis.com",
     "cloudfunctions.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",

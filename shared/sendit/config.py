@@ -77,6 +77,16 @@ class Settings:
     firestore_database: str = "(default)"  # SENDIT_FIRESTORE_DATABASE
     batches_collection: str = "batches"  # SENDIT_BATCHES_COLLECTION
     files_collection: str = "files"  # SENDIT_FILES_COLLECTION
+    # Completion (docs/state.md): a batch without a manifest is complete once no file has arrived for
+    # SENDIT_STABLE_AGE_SECONDS and none is in flight; a manifest-listed object not received within
+    # SENDIT_MANIFEST_TIMEOUT_SECONDS of its manifest ends FAILED. SENDIT_TALLY_SHARDS: counter shards
+    # per batch; SENDIT_SWEEP_SECONDS: the local stack's sweep interval (the cloud: var.sweep_schedule).
+    stable_age_seconds: int = 60
+    manifest_timeout_seconds: int = 3600
+    tally_shards: int = 16
+    sweep_seconds: int = 60
+    auto_send: bool = False  # SENDIT_AUTO_SEND: queue a batch for delivery as soon as it is complete
+    status_names: str = "shown"  # SENDIT_STATUS_NAMES: shown | hidden (folder/object names in the status API)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_key: bool = True) -> Settings:
@@ -137,6 +147,7 @@ class Settings:
             problems.append("SENDIT_LEASE_SECONDS: must be at least 5")
         pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
         modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
+        completion = _completion_settings(conv, problems)
 
         if missing or problems:
             parts = []
@@ -168,4 +179,27 @@ class Settings:
             firestore_database=source.get("SENDIT_FIRESTORE_DATABASE", "").strip() or "(default)",
             batches_collection=topology()["firestore"]["batches"],
             files_collection=topology()["firestore"]["files"],
+            **completion,
         )
+
+
+def _completion_settings(conv: Any, problems: list[str]) -> dict[str, Any]:
+    """The completion, sweep, auto-send and status-name settings (validated; problems appended)."""
+    ranges = {
+        "SENDIT_STABLE_AGE_SECONDS": ("stable_age_seconds", 60, 1, 86_400),
+        "SENDIT_MANIFEST_TIMEOUT_SECONDS": ("manifest_timeout_seconds", 3600, 1, 7 * 86_400),
+        "SENDIT_TALLY_SHARDS": ("tally_shards", 16, 1, 256),
+        "SENDIT_SWEEP_SECONDS": ("sweep_seconds", 60, 1, 3600),
+    }
+    values: dict[str, Any] = {}
+    for name, (attr, default, low, high) in ranges.items():
+        value = conv(name, default, int)
+        if not low <= value <= high:
+            problems.append(f"{name}: must be between {low} and {high}")
+        values[attr] = value
+    values["auto_send"] = conv("SENDIT_AUTO_SEND", False, _flag)
+    names = conv("SENDIT_STATUS_NAMES", "shown", lambda v: v.strip().lower())
+    if names not in {"shown", "hidden"}:
+        problems.append("SENDIT_STATUS_NAMES: expected shown or hidden")
+    values["status_names"] = names
+    return values

@@ -23,8 +23,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sendit import events, state, storage
+from sendit import completion, events, send_queue, state, storage
 from sendit.events import EventError, ObjectFinalized
+from sendit.stages import seal
 
 if TYPE_CHECKING:
     from sendit.runtime import Context
@@ -37,9 +38,9 @@ DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 class _InFlight:
     """Files this instance is processing, per batch.
 
-    A file that turns terminal while another file of its batch is still in flight here skips the finalize
-    check: that other file runs it when it finishes (after this file's state is recorded). Only the last
-    file of a burst queries Firestore; correctness never depends on it (two checks are harmless).
+    A file that turns terminal while another file of its batch is still in flight here skips the completion
+    check (``completion.after_terminal``): that other file runs it when it finishes (after this file's state
+    is recorded). Correctness never depends on it: the sweep evaluates every open batch anyway.
     """
 
     def __init__(self) -> None:
@@ -138,7 +139,24 @@ def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> Fil
             extra={"event_id": event_id, "name_hash": state.name_hash(obj.name)},
         )
         return None
+    if seal.is_seal(obj.name):
+        _seal(ctx, obj)
+        return None
     return process_object(ctx, obj)
+
+
+def _seal(ctx: Context, obj: ObjectFinalized) -> None:
+    """The folder's manifest: recorded on its batch, never de-identified (``sendit.stages.seal``)."""
+    try:
+        seal.handle_manifest(ctx, obj)
+    except Exception as exc:
+        transient = is_transient(exc)
+        log.log(
+            logging.WARNING if transient else logging.ERROR,
+            "manifest not recorded: will be retried",
+            extra={"event_id": obj.event_id, "generation": obj.generation, "error": type(exc).__name__},
+        )
+        raise RetryableError(f"manifest not recorded: {type(exc).__name__}") from None
 
 
 def process_object(
@@ -177,7 +195,7 @@ def process_object(
         )
         if claim.kind == "duplicate":
             log.info("duplicate: file already %s, acked", claim.state, extra={**where, "state": claim.state})
-            step = "finalize"
+            step = "completion"
             _heal(ctx, batch)
             return FileResult(key, batch, "duplicate", state=claim.state)
         if claim.kind == "busy":
@@ -186,15 +204,16 @@ def process_object(
         if claim.kind == "gave_up":
             reason = f"gave up after {claim.attempts} attempts"
             log.warning("file FAILED", extra={**where, "state": state.FAILED, "reason": reason})
-            step = "finalize"
-            state.finalize_batch(ctx, batch)
+            step = "completion"
+            _settle(ctx, batch)
             return FileResult(key, batch, "gave_up", state=state.FAILED, reason=reason)
 
         claim_ms = _ms(t)
         _in_flight.add(batch, key)
         step = "open batch"
         t = time.monotonic()
-        _, late = state.open_batch(ctx, batch, obj.bucket, folder)
+        opened = state.open_batch(ctx, batch, obj.bucket, folder)
+        late = opened.late
         open_ms = _ms(t)
         step = "de-identify"
         fields, timings = _deidentify(ctx, obj, batch, key)
@@ -204,13 +223,15 @@ def process_object(
         fields["attempts"] = claim.attempts
         step = "record"
         t = time.monotonic()
-        recorded = state.record_terminal(ctx, key, fields, claim.update_time)
+        recorded = state.record_terminal(ctx, key, fields, claim.update_time, batch=batch)
         timings["record_ms"] = _ms(t)
-        step = "finalize"
+        step = "completion"
         t = time.monotonic()
         others = _in_flight.remove_and_others(batch, key)
-        finalized = None if others else state.finalize_batch(ctx, batch)
-        timings["finalize_ms"] = _ms(t)
+        finalized = None if others else completion.after_terminal(ctx, batch, opened)
+        if finalized == state.DONEPROCESSING:
+            send_queue.auto_send(ctx, batch)
+        timings["completion_ms"] = _ms(t)
         timings["total_ms"] = _ms(began)
         result = FileResult(
             key,
@@ -291,19 +312,16 @@ def _deidentify(
 
 
 def _heal(ctx: Context, batch: str) -> None:
-    """After a duplicate: finish a batch left open by a crash between 'recorded' and 'finalized'.
+    """After a duplicate: evaluate completion again (a crash between 'recorded' and the completion check
+    leaves it to the redelivery, or to the sweep; a batch settled with stale counts is corrected)."""
+    _settle(ctx, batch)
 
-    A DONEPROCESSING/EMPTY batch is re-finalized too: a concurrent file's finalize may have written the
-    counts of all files but the crashed one, and only this redelivery is left to correct them.
-    """
-    current = state.get_batch(ctx, batch)
-    if current is not None and current.get("status") in (
-        state.QUEUE,
-        state.PROCESSING,
-        state.DONEPROCESSING,
-        state.EMPTY,
-    ):
-        state.finalize_batch(ctx, batch)
+
+def _settle(ctx: Context, batch: str) -> str | None:
+    status = completion.evaluate(ctx, batch)
+    if status == state.DONEPROCESSING:
+        send_queue.auto_send(ctx, batch)
+    return status
 
 
 def _release(ctx: Context, key: str, update_time: Any) -> None:
@@ -392,6 +410,10 @@ def _dead_upload(ctx: Context, event_type: str, data: Any, event_id: str, count:
     folder = state.batch_folder(obj.name)
     batch = state.batch_id(ctx.settings.secret_key, obj.bucket, folder)
     reason = f"dead-lettered after {count} deliveries" if count else "dead-lettered"
+    if seal.is_seal(obj.name):  # not a file of the batch: the batch stays on the stable-age rule
+        seal.record_error(ctx, batch, obj, folder, f"manifest {reason}")
+        log.warning("manifest dead-lettered", extra={"event_id": event_id, "batch_id": batch})
+        return
     key = state.file_key(obj.bucket, obj.name, obj.generation)
     wrote = state.fail_file(ctx, obj, batch, reason)
     where = {
@@ -403,7 +425,7 @@ def _dead_upload(ctx: Context, event_type: str, data: Any, event_id: str, count:
     }
     if wrote:
         state.open_batch(ctx, batch, obj.bucket, folder)
-        status = state.finalize_batch(ctx, batch)
+        status = _settle(ctx, batch)
         log.warning(
             "file FAILED",
             extra={

@@ -83,6 +83,12 @@ def dead_letter(event_type: str, data: Any, event_id: str) -> None:
     process.handle_dead_letter(context("dead_letter"), event_type, data, event_id)
 
 
+def sweep(event_type: str, data: Any, event_id: str) -> None:
+    from sendit.stages import sweep as sweeper
+
+    sweeper.handle_event(context("sweep"), event_type, data, event_id)
+
+
 def send(request: Request) -> Response:
     from sendit import send_api
 

@@ -1,13 +1,15 @@
-"""The `send` HTTP function: queue ready batches for delivery and answer at once.
+"""The `send` HTTP function: queue complete batches for delivery and answer at once.
 
-``POST`` with an optional JSON body ``{"batches": ["<batch id>", ...]}``; without a body (or without
-``batches``) every DONEPROCESSING batch is queued. Each named batch is moved DONEPROCESSING -> SENDING
-in a Firestore transaction (two concurrent sends never queue a batch twice) and one message
-``{"batch_id", "delivery_id"}`` is published to the deliver topic; the `deliver` function does the work.
+``POST`` with an optional JSON body ``{"batches": ["<batch id>", ...], "force": false}``; without a body
+(or without ``batches``) every DONEPROCESSING batch - every complete one - is queued; a named batch not
+complete yet is answered ``not_ready`` with ``waiting_for`` unless ``"force": true``. The work is
+``sendit.send_queue.queue``: each batch moves DONEPROCESSING -> SENDING (preconditioned, so two concurrent
+sends never queue a batch twice) and one message ``{"batch_id", "delivery_id"}`` goes to the deliver topic.
 
 Answers (JSON):
-- 202 ``{"queued": [...], "not_ready": [{"id", "status"}], "already_sent": [...], "in_progress": [...],
-  "unknown": [...]}`` when at least one batch was queued, 200 with the same shape when none was;
+- 202 ``{"queued": [...], "not_ready": [{"id", "status", "waiting_for", "completion"}],
+  "already_sent": [...], "in_progress": [...], "unknown": [...]}`` when at least one batch was queued,
+  200 with the same shape when none was;
 - 400 malformed JSON or body, 404 when every named batch is unknown, 405 wrong method, 413 body too
   large, 503 when no message could be published (the batches are put back to DONEPROCESSING).
 """
@@ -16,10 +18,8 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from sendit import delivery_state as ds
 from sendit import logs
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ log = logs.get("sendit.send")
 MAX_BODY = 64 * 1024
 MAX_BATCHES = 1000
 BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-PUBLISH_TIMEOUT = 30.0
 
 
 class BadRequest(ValueError):
@@ -64,10 +63,15 @@ def error(status: int, message: str, **extra: Any) -> Response:
 
 def parse_body(raw: bytes) -> list[str] | None:
     """The batch ids the body names, or None for "every ready batch". Raises BadRequest."""
+    return parse_request(raw)[0]
+
+
+def parse_request(raw: bytes) -> tuple[list[str] | None, bool]:
+    """(the batch ids the body names or None for "every complete batch", force). Raises BadRequest."""
     if len(raw) > MAX_BODY:
         raise BadRequest(f"request body larger than {MAX_BODY} bytes", 413)
     if not raw.strip():
-        return None
+        return None, False
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -75,15 +79,20 @@ def parse_body(raw: bytes) -> list[str] | None:
             'malformed JSON body: expected {"batches": ["<batch id>", ...]} or no body'
         ) from None
     if body is None:
-        return None
+        return None, False
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object: {"batches": ["<batch id>", ...]}')
-    unknown_fields = sorted(set(body) - {"batches"})
+    unknown_fields = sorted(set(body) - {"batches", "force"})
     if unknown_fields:
-        raise BadRequest("unknown field(s) in the body; only 'batches' is accepted")
+        raise BadRequest("unknown field(s) in the body; only 'batches' and 'force' are accepted")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("'force' must be true or false")
     batches = body.get("batches")
     if batches is None:
-        return None
+        if force:
+            raise BadRequest("'force' needs 'batches': name the batches to send before they are complete")
+        return None, False
     if not isinstance(batches, list) or not all(isinstance(b, str) for b in batches):
         raise BadRequest("'batches' must be a list of batch id strings")
     if not batches:
@@ -92,7 +101,7 @@ def parse_body(raw: bytes) -> list[str] | None:
         raise BadRequest(f"at most {MAX_BATCHES} batches per request")
     if not all(BATCH_ID.match(b) for b in batches):
         raise BadRequest("a batch id may only contain letters, digits, '-' and '_' (at most 128)")
-    return list(dict.fromkeys(batches))
+    return list(dict.fromkeys(batches)), force
 
 
 def handle(ctx: Context, request: Request) -> Response:
@@ -100,11 +109,11 @@ def handle(ctx: Context, request: Request) -> Response:
     if request.method != "POST":
         return error(405, f"method {request.method} not allowed: use POST")
     try:
-        named = parse_body(request.get_data(cache=False))
+        named, force = parse_request(request.get_data(cache=False))
     except BadRequest as exc:
         return error(exc.status, str(exc))
     try:
-        return send(ctx, named)
+        return send(ctx, named, force)
     except Exception as exc:  # the state store is down or slow: a JSON answer, never an HTML 500
         from sendit.process import is_transient
 
@@ -117,43 +126,11 @@ def handle(ctx: Context, request: Request) -> Response:
         )
 
 
-def send(ctx: Context, named: list[str] | None) -> Response:
-    settings, clients = ctx.settings, ctx.clients
-    db = clients.firestore
-    batch_ids = named if named is not None else ds.ready_batch_ids(db, settings)
-    result: dict[str, list[Any]] = {
-        "queued": [],
-        "not_ready": [],
-        "already_sent": [],
-        "in_progress": [],
-        "unknown": [],
-    }
-    pending: list[tuple[ds.SendDecision, Any]] = []
-    topic = clients.topic_path(settings.deliver_topic)
-    for batch_id in batch_ids:
-        decision = ds.request_send(db, settings, batch_id, uuid.uuid4().hex)
-        if decision.outcome == "queued":
-            data = json.dumps({"batch_id": batch_id, "delivery_id": decision.delivery_id}).encode()
-            future = clients.publisher.publish(topic, data, kind="deliver", batch_id=batch_id)
-            pending.append((decision, future))
-        elif decision.outcome == "not_ready":
-            result["not_ready"].append({"id": batch_id, "status": decision.status})
-        else:
-            result[decision.outcome].append(batch_id)
+def send(ctx: Context, named: list[str] | None, force: bool = False) -> Response:
+    from sendit import send_queue
 
-    failed: list[str] = []
-    for decision, future in pending:
-        try:
-            future.result(timeout=PUBLISH_TIMEOUT)
-            result["queued"].append(decision.batch_id)
-        except Exception as exc:  # any publish failure: undo the transition so a later send can retry
-            log.error(
-                "send: publish failed, batch put back",
-                extra={"batch_id": decision.batch_id, "error": type(exc).__name__},
-            )
-            ds.revert_send(db, settings, decision.batch_id, str(decision.delivery_id))
-            failed.append(decision.batch_id)
-
+    result, failed = send_queue.queue(ctx, named, force=force)
+    batch_ids = named or []
     log.info(
         "send: request handled",
         extra={

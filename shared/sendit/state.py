@@ -1,9 +1,9 @@
 """Firestore state: one document per batch, one per file (the contract is docs/state.md).
 
-Everything that happens per file writes the file's own document only. The batch document is written when
-a batch is first seen, when it (re)opens, and when its last file turns terminal (``finalize_batch``):
-never once per file, because Firestore sustains about one write per second on a single document.
-Counts are derived with aggregation queries on ``files`` (``batch_counts``).
+Everything that happens per file writes the file's own document and, in the same commit, one shard of the
+batch's tally (``sendit.store.tally``). The batch document is written when a batch is first seen, when it
+(re)opens, and when it completes (``sendit.completion``): never once per file, because Firestore sustains
+about one write per second on a single document.
 
 Concurrency is optimistic: claims use ``create()`` (create-if-absent) and every read-modify-write is a
 write preconditioned on the ``update_time`` of the snapshot it was derived from, so no transaction (and
@@ -23,10 +23,11 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sendit import logs
 from sendit.config import topology
+from sendit.store import tally
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -208,9 +209,15 @@ def claim_file(
         created_at=_server_ts(),
         updated_at=_server_ts(),
     )
+    shard = tally.shard_ref(st.batch_ref(batch), key, tally.shards_setting(target))
     for _ in range(_PRECONDITION_RETRIES):
         try:
-            result = ref.create(doc)
+            # The create and the tally's "received" commit together: a redelivery's create fails and
+            # counts nothing; a re-claim after an expired lease (below) never counts again.
+            write = st.db.batch()
+            write.create(ref, doc)
+            tally.count_received(write, shard, now.timestamp())
+            result = write.commit()[0]
             return Claim(
                 "claimed", key, attempts=1, state=RECEIVED, update_time=result.update_time, late=late
             )
@@ -229,14 +236,19 @@ def claim_file(
             return Claim("busy", key, attempts=attempts, state=state)
         try:
             if attempts >= max_attempts:
-                ref.update(
+                write = st.db.batch()
+                write.update(
+                    ref,
                     {
                         "state": FAILED,
                         "reason": f"gave up after {attempts} attempts",
                         "updated_at": _server_ts(),
+                        "finished_at": _server_ts(),
                     },
                     option=_precondition(st.db, snap.update_time),
                 )
+                tally.count_terminal(write, shard)
+                write.commit()
                 return Claim("gave_up", key, attempts=attempts, state=FAILED)
             result = ref.update(
                 {"attempts": attempts + 1, "lease_until": lease_until, "updated_at": _server_ts()},
@@ -293,12 +305,15 @@ def outcome_fields(outcome: Outcome) -> dict[str, Any]:
     return fields
 
 
-def record_terminal(target: Any, key: str, fields: dict[str, Any], update_time: Any = None) -> bool:
+def record_terminal(
+    target: Any, key: str, fields: dict[str, Any], update_time: Any = None, *, batch: str | None = None
+) -> bool:
     """Write a terminal state on a file. Returns False if the file was already SENT (left untouched).
 
-    ``update_time`` (from the claim) preconditions the write; if someone else wrote the document since
-    (an expired lease re-claimed, a dead letter), the write is re-based on what is there now, unless the
-    file was delivered meanwhile: a SENT file never goes back.
+    ``update_time`` (from the claim, whose document was RECEIVED) preconditions the write; if someone else
+    wrote the document since (an expired lease re-claimed, a dead letter), the write is re-based on what is
+    there now, unless the file was delivered meanwhile: a SENT file never goes back. The file's tally shard
+    gets its ``terminal`` increment in the same commit, only when the document it replaces was not terminal.
     """
     from google.api_core.exceptions import FailedPrecondition, NotFound
 
@@ -307,29 +322,49 @@ def record_terminal(target: Any, key: str, fields: dict[str, Any], update_time: 
     payload = dict(fields)
     payload["updated_at"] = _server_ts()
     payload["finished_at"] = _server_ts()
+    counted = False
+    if update_time is None or batch is None:
+        snap = ref.get()
+        if not snap.exists:
+            return False
+        data = snap.to_dict() or {}
+        if data.get("state") == SENT:
+            return False
+        update_time, counted = snap.update_time, data.get("state") in TERMINAL
+        batch = batch or str(data.get("batch_id") or "")
+    shard = tally.shard_ref(st.batch_ref(batch), key, tally.shards_setting(target))
     for _ in range(_PRECONDITION_RETRIES):
         try:
-            if update_time is None:
-                ref.update(payload)
-            else:
-                ref.update(payload, option=_precondition(st.db, update_time))
+            write = st.db.batch()
+            write.update(ref, payload, option=_precondition(st.db, update_time))
+            if not counted:
+                tally.count_terminal(write, shard)
+            write.commit()
             return True
         except (FailedPrecondition, NotFound):
             snap = ref.get()
             if not snap.exists:
                 return False
-            if (snap.to_dict() or {}).get("state") == SENT:
+            state = (snap.to_dict() or {}).get("state")
+            if state == SENT:
                 return False
-            update_time = snap.update_time
+            update_time, counted = snap.update_time, state in TERMINAL
     return False
 
 
 def fail_file(
-    target: Any, obj: ObjectFinalized, batch: str, reason: str, *, only_if_not_terminal: bool = True
+    target: Any,
+    obj: ObjectFinalized,
+    batch: str,
+    reason: str,
+    *,
+    only_if_not_terminal: bool = True,
+    create_only: bool = False,
 ) -> bool:
     """Mark a file FAILED with ``reason``, creating its document if absent (e.g. a dead letter).
 
-    Returns True if the state was written; a terminal file is left as it is.
+    Returns True if the state was written; a terminal file is left as it is; with ``create_only`` any
+    existing document is (a listed object never received: one that did arrive is not touched).
     """
     from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 
@@ -345,22 +380,33 @@ def fail_file(
         updated_at=_server_ts(),
         finished_at=_server_ts(),
     )
+    shard = tally.shard_ref(st.batch_ref(batch), key, tally.shards_setting(target))
     for _ in range(_PRECONDITION_RETRIES):
         try:
-            ref.create(doc)
+            write = st.db.batch()
+            write.create(ref, doc)
+            tally.count_received_terminal(write, shard, _now().timestamp())
+            write.commit()
             return True
         except AlreadyExists:
-            pass
+            if create_only:
+                return False
         snap = ref.get()
         if not snap.exists:
             continue
-        if only_if_not_terminal and (snap.to_dict() or {}).get("state") in TERMINAL:
+        was_terminal = (snap.to_dict() or {}).get("state") in TERMINAL
+        if only_if_not_terminal and was_terminal:
             return False
         try:
-            ref.update(
+            write = st.db.batch()
+            write.update(
+                ref,
                 {"state": FAILED, "reason": reason, "updated_at": _server_ts(), "finished_at": _server_ts()},
                 option=_precondition(st.db, snap.update_time),
             )
+            if not was_terminal:
+                tally.count_terminal(write, shard)
+            write.commit()
             return True
         except (FailedPrecondition, NotFound):
             continue
@@ -370,8 +416,32 @@ def fail_file(
 # ------------------------------------------------------------------------------------------ batches
 
 
-def open_batch(target: Any, batch: str, bucket: str, folder: str) -> tuple[str, bool]:
-    """Make sure the batch exists and is PROCESSING; return (status before, late).
+def new_batch_doc(batch: str, bucket: str, folder: str) -> dict[str, Any]:
+    """A new batch document (QUEUE)."""
+    return {
+        "id": batch,
+        "status": QUEUE,
+        "bucket": bucket,
+        "folder": folder,  # staging side only (the status API shows it unless SENDIT_STATUS_NAMES=hidden)
+        "created_at": _server_ts(),
+        "updated_at": _server_ts(),
+        "start_time": _server_ts(),
+        "has_error": False,
+        "errors": [],
+        "counts": {},
+    }
+
+
+class Opened(NamedTuple):
+    """What ``open_batch`` found: the status before, whether the file is late, the batch as read."""
+
+    status: str
+    late: bool
+    data: dict[str, Any]
+
+
+def open_batch(target: Any, batch: str, bucket: str, folder: str) -> Opened:
+    """Make sure the batch exists and is PROCESSING; return (status before, late, the batch's fields).
 
     First file: create QUEUE (create-if-absent), then PROCESSING. A batch seen DONEPROCESSING, EMPTY,
     SENDING or SENT goes back to PROCESSING (``late`` is True when it was SENDING or SENT: the file arrived
@@ -383,24 +453,12 @@ def open_batch(target: Any, batch: str, bucket: str, folder: str) -> tuple[str, 
     st = store(target)
     ref = st.batch_ref(batch)
     first_status: str | None = None
+    data: dict[str, Any] = {}
     for _ in range(_PRECONDITION_RETRIES * 2):
         snap = ref.get()
         if not snap.exists:
             with contextlib.suppress(AlreadyExists):
-                ref.create(
-                    {
-                        "id": batch,
-                        "status": QUEUE,
-                        "bucket": bucket,
-                        "folder": folder,  # staging side only
-                        "created_at": _server_ts(),
-                        "updated_at": _server_ts(),
-                        "start_time": _server_ts(),
-                        "has_error": False,
-                        "errors": [],
-                        "counts": {},
-                    }
-                )
+                ref.create(new_batch_doc(batch, bucket, folder))
             continue
         data = snap.to_dict() or {}
         status = str(data.get("status") or QUEUE)
@@ -408,16 +466,16 @@ def open_batch(target: Any, batch: str, bucket: str, folder: str) -> tuple[str, 
             first_status = status
         late = first_status in (BATCH_SENT, SENDING) or status in (BATCH_SENT, SENDING)
         if status not in REOPENABLE:
-            return status, late
+            return Opened(status, late, data)
         update: dict[str, Any] = {"status": PROCESSING, "updated_at": _server_ts()}
         if status in (BATCH_SENT, SENDING):
             update["reopened_at"] = _server_ts()
         try:
             ref.update(update, option=_precondition(st.db, snap.update_time))
-            return status, late
+            return Opened(status, late, {**data, "status": PROCESSING})
         except (FailedPrecondition, NotFound):
             continue
-    return first_status or QUEUE, first_status in (BATCH_SENT, SENDING)
+    return Opened(first_status or QUEUE, first_status in (BATCH_SENT, SENDING), data)
 
 
 def _count(query: Any) -> int:
@@ -428,119 +486,12 @@ def _count(query: Any) -> int:
     return 0
 
 
-def pending_count(target: Any, batch: str) -> int:
-    """Files of the batch not yet terminal (one aggregation query)."""
-    st = store(target)
-    return _count(st.files_of(batch).where(filter=_eq("state", RECEIVED)))
-
-
-def has_pending(target: Any, batch: str) -> bool:
-    """Whether any file of the batch is not yet terminal: a keys-only query with limit 1.
-
-    Cheaper than a count while a batch is busy (it stops at the first hit); run after every file.
-    """
-    st = store(target)
-    query = st.files_of(batch).where(filter=_eq("state", RECEIVED)).select([]).limit(1)
-    return any(True for _ in query.stream())
-
-
 def batch_counts(target: Any, batch: str) -> dict[str, int]:
     """``{RECEIVED, ANONYMIZED, SKIPPED, FAILED, SENT, total}`` by aggregation queries (no doc reads)."""
     st = store(target)
     counts = {state: _count(st.files_of(batch).where(filter=_eq("state", state))) for state in FILE_STATES}
     counts["total"] = sum(counts[s] for s in FILE_STATES)
     return counts
-
-
-def _size_sum(st: Store, batch: str) -> int:
-    query: Any = st.files_of(batch).sum("size", alias="s")
-    for row in query.get():
-        for agg in row:
-            return int(agg.value or 0)
-    return 0
-
-
-def _status_for(counts: dict[str, int], current: str) -> str:
-    if current == SENDING:
-        return SENDING  # a delivery is running: it decides what comes next (see docs/pipeline.md)
-    if counts[ANONYMIZED] > 0:
-        return DONEPROCESSING
-    if counts[SENT] > 0:
-        return BATCH_SENT  # late files that all failed or were filtered: nothing new to deliver
-    return EMPTY
-
-
-def finalize_batch(target: Any, batch: str) -> str | None:
-    """If every file of the batch is terminal, write DONEPROCESSING/EMPTY with counts and metrics.
-
-    Returns the status written, or None when files are still in progress. The batch snapshot is read
-    before counting and the write is preconditioned on it: a file that (re)opened the batch in between
-    makes the write fail and the check run again.
-    """
-    from google.api_core.exceptions import FailedPrecondition, NotFound
-
-    st = store(target)
-    ref = st.batch_ref(batch)
-    for _ in range(_PRECONDITION_RETRIES):
-        if has_pending(st, batch):
-            return None  # the common case while a batch is busy: no batch read at all
-        snap = ref.get()
-        if not snap.exists:
-            return None
-        data = snap.to_dict() or {}
-        current = str(data.get("status") or QUEUE)
-        counts = batch_counts(st, batch)
-        if counts[RECEIVED] > 0:
-            return None
-        summary = _summary(st, batch)
-        status = _status_for(counts, current)
-        finish = _now()
-        start = data.get("start_time")
-        elapsed = (finish - start).total_seconds() if isinstance(start, datetime) else None
-        update: dict[str, Any] = {
-            "status": status,
-            "counts": counts,
-            "size_bytes": _size_sum(st, batch),
-            "has_error": counts[FAILED] > 0,
-            "errors": summary["errors"],
-            "study_dates": summary["study_dates"],
-            "study_uids": summary["study_uids"],
-            "multiple_studies": summary["study_uids"] > 1,
-            "late_files": summary["late_files"],
-            "finish_time": finish,
-            "elapsed_seconds": elapsed,
-            "updated_at": _server_ts(),
-        }
-        try:
-            ref.update(update, option=_precondition(st.db, snap.update_time))
-            return status
-        except (FailedPrecondition, NotFound):
-            continue
-    return None
-
-
-def _summary(st: Store, batch: str) -> dict[str, Any]:
-    """Per-StudyDate counts, distinct study UIDs, late files and the first errors, in one pass."""
-    dates: dict[str, int] = {}
-    studies: set[str] = set()
-    errors: list[dict[str, str]] = []
-    late = 0
-    fields = ["state", "reason", "study_date", "ids.study_uid", "late"]
-    for snap in st.files_of(batch).select(fields).stream():
-        data = snap.to_dict() or {}
-        state = data.get("state")
-        if data.get("late"):
-            late += 1
-        if state in (ANONYMIZED, SENT):
-            date = data.get("study_date")
-            if date:
-                dates[str(date)] = dates.get(str(date), 0) + 1
-            uid = (data.get("ids") or {}).get("study_uid")
-            if uid:
-                studies.add(str(uid))
-        elif state == FAILED and len(errors) < MAX_ERRORS:
-            errors.append({"file": snap.id, "reason": str(data.get("reason") or "unknown")})
-    return {"study_dates": dates, "study_uids": len(studies), "errors": errors, "late_files": late}
 
 
 def add_batch_error(target: Any, batch: str, error: dict[str, str]) -> None:

@@ -1,28 +1,34 @@
 """The `status` HTTP function: batch status as JSON, and a small auto-refreshing HTML dashboard.
 
-- ``GET {url}/batches`` -> ``{"batches": [{"id", "status", "counts", "has_error", "errors", ...}]}``
+- ``GET {url}/batches`` -> ``{"batches": [{"id", "folder", "status", "completion", "counts", ...}]}``
+- ``GET {url}/batches?folder=NAME`` -> ``{"folder": NAME, "batches": [...]}`` (the batch of that staging
+  folder; 404 JSON without the name when there is none)
 - ``GET {url}/batches/{id}`` -> the batch plus ``"files": [{"name", "state", "reason", ...}]`` and
   ``"next_page_token"`` (``?page_size=`` up to 1000, ``?page_token=``, ``?state=`` to filter)
 - ``GET {url}/`` -> the dashboard for a browser (``Accept: text/html``), the batch list otherwise;
   ``/batches...`` also render as HTML for a browser, and ``?format=json|html`` overrides.
 
-Only ids, pseudonyms, states, counts, sizes, times and reasons leave this API: the staging bucket, the
-original folder and object names stay in Firestore (a file's ``name`` is its hashed key).
+Ids, pseudonyms, states, counts, sizes, times and reasons leave this API, and - for the staging-side
+operators who uploaded them - each batch's ``folder`` and each file's ``object`` name, unless
+``SENDIT_STATUS_NAMES=hidden`` (then neither appears anywhere in it). Names never appear in an error body
+or a log line. A file's ``name`` is its hashed name either way. An open batch carries ``completion``: why it
+is not DONEPROCESSING yet (``sendit.completion``), computed from its tally on read.
 """
 
 from __future__ import annotations
 
 import html
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
+from sendit import completion, logs, state
 from sendit import delivery_state as ds
-from sendit import logs
 from sendit.send_api import json_response
+from sendit.store import tally
 
 if TYPE_CHECKING:
     from flask import Request, Response
@@ -50,7 +56,13 @@ BATCH_FIELDS = (
     "sent_at",
     "send_seconds",
     "last_delivery_error",
+    "manifest_at",
+    "manifest_error",
+    "unlisted_files",
+    "late_files",
+    "completed_by",
 )
+MANIFEST_FIELDS = ("count", "bytes", "created", "tool_version")
 DELIVERY_FIELDS = (
     "delivery_id",
     "at",
@@ -116,7 +128,28 @@ def batch_view(db: Any, settings: Settings, batch_id: str, data: dict[str, Any])
         for d in (data.get("deliveries") or [])
         if isinstance(d, dict)
     ]
+    if names_shown(settings):
+        view["folder"] = str(data.get("folder") or "")
+    if isinstance(data.get("manifest"), dict):
+        view["manifest"] = {k: data["manifest"][k] for k in MANIFEST_FIELDS if k in data["manifest"]}
+    if view["status"] in completion.OPEN:
+        store = state.Store(db, settings.batches_collection, settings.files_collection)
+        counts = tally.read(store.batch_ref(batch_id))
+        now = datetime.now(UTC).timestamp()
+        view["completion"] = completion.assess(settings.stable_age_seconds, data, counts, now).view()
     return view
+
+
+def names_shown(settings: Settings) -> bool:
+    return getattr(settings, "status_names", "shown") != "hidden"
+
+
+def batches_of_folder(db: Any, settings: Settings, folder: str) -> list[dict[str, Any]]:
+    """The batches whose staging folder is ``folder`` (a query on the batch documents' ``folder``)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = db.collection(settings.batches_collection).where(filter=FieldFilter("folder", "==", folder))
+    return [batch_view(db, settings, s.id, s.to_dict() or {}) for s in query.limit(MAX_BATCHES).stream()]
 
 
 def list_batches(db: Any, settings: Settings, limit: int = MAX_BATCHES) -> list[dict[str, Any]]:
@@ -154,9 +187,11 @@ def list_files(
     query = query.order_by("__name__")
     if page_token:
         query = query.start_after({"__name__": page_token})
-    snaps = list(
-        query.select(["state", "reason", "name_hash", "ids", "clean_size"]).limit(page_size + 1).stream()
-    )
+    fields = ["state", "reason", "name_hash", "ids", "clean_size"]
+    shown = names_shown(settings)
+    if shown:
+        fields.append("object")
+    snaps = list(query.select(fields).limit(page_size + 1).stream())
     more = len(snaps) > page_size
     snaps = snaps[:page_size]
     files = []
@@ -169,6 +204,8 @@ def list_files(
             "state": data.get("state"),
             "reason": data.get("reason"),
         }
+        if shown:
+            entry["object"] = str(data.get("object") or "")
         for key in ID_FIELDS:
             if ids.get(key):
                 entry[key] = str(ids[key])
@@ -240,6 +277,9 @@ def handle(ctx: Context, request: Request) -> Response:
         return _error(400, str(exc))
     db, settings = ctx.clients.firestore, ctx.settings
     try:
+        folder = request.args.get("folder") if route == "batches" else None
+        if folder is not None:
+            return _folder(db, settings, folder, html_wanted, request)
         if route in {"root", "batches"}:
             batches = list_batches(db, settings)
             if html_wanted:
@@ -261,6 +301,22 @@ def handle(ctx: Context, request: Request) -> Response:
         if not is_transient(exc):
             raise
         return _error(503, "batch state is unavailable right now; try again")
+
+
+def _folder(db: Any, settings: Settings, folder: str, html_wanted: bool, request: Request) -> Response:
+    """``?folder=NAME``: the folder is never logged and never echoed in an error."""
+    if not folder or len(folder) > 1024:
+        return _error(400, "folder must be 1 to 1024 characters")
+    batches = batches_of_folder(db, settings, folder)
+    log.info("status: folder lookup", extra={"found": len(batches)})
+    if not batches:
+        return _error(404, "no batch for that folder")
+    if html_wanted:
+        return _html(render_dashboard(batches, _refresh(request)))
+    body: dict[str, Any] = {"batches": batches}
+    if names_shown(settings):
+        body = {"folder": folder, **body}
+    return json_response(body)
 
 
 def _refresh(request: Request) -> int:
@@ -330,6 +386,7 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
     by_status = {s: sum(1 for b in batches if b.get("status") == s) for s in ORDER}
     summary = " · ".join(f"{_e(s)}: {n}" for s, n in by_status.items() if n) or "no batches yet"
     rows = []
+    folders = any("folder" in b for b in batches)  # absent with SENDIT_STATUS_NAMES=hidden
     for b in batches:
         counts = b.get("counts") or {}
         done, total = _done(counts)
@@ -337,7 +394,9 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
         rows.append(
             f'<tr id="batch-{_e(b["id"])}">'
             f'<td class="id"><a href="batches/{quote(b["id"])}">{_e(b["id"])}</a></td>'
-            f'<td><span class="status s-{_e(b.get("status"))}">{_e(b.get("status"))}</span></td>'
+            + (f'<td class="folder">{_e(b.get("folder"))}</td>' if folders else "")
+            + f'<td><span class="status s-{_e(b.get("status"))}">{_e(b.get("status"))}</span>'
+            f"{_waiting(b)}</td>"
             f"<td>{_bar(done, total)}</td>{_counts_cells(counts)}"
             f'<td class="num">{_e(_size(b.get("size_bytes")))}</td>'
             f'<td class="num">{_e(_seconds(b.get("elapsed_seconds")))}</td>'
@@ -347,21 +406,33 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
             f"{len(b.get('errors') or []) if b.get('has_error') else ''}</td></tr>"
         )
     table = (
-        '<table id="batches"><thead><tr><th>batch</th><th>status</th><th>progress</th>'
+        '<table id="batches"><thead><tr><th>batch</th>'
+        + ("<th>folder</th>" if folders else "")
+        + "<th>status</th><th>progress</th>"
         "<th>anonymized</th><th>skipped</th><th>failed</th><th>sent</th><th>size</th>"
         "<th>processing</th><th>sent at</th><th>rows</th><th>errors</th></tr></thead><tbody>"
-        + ("".join(rows) or '<tr><td colspan="12" class="empty">no batches yet</td></tr>')
+        + ("".join(rows) or '<tr><td colspan="13" class="empty">no batches yet</td></tr>')
         + "</tbody></table>"
     )
     return _page("sendit batches", f'<p class="summary">{summary}</p>{table}', refresh)
+
+
+def _waiting(batch: dict[str, Any]) -> str:
+    waiting = (batch.get("completion") or {}).get("waiting_for")
+    return f' <span class="waiting">waiting for {_e(waiting)}</span>' if waiting else ""
 
 
 def render_batch(batch: dict[str, Any], refresh: int, page_size: int, state: str | None) -> str:
     """One batch: its figures, deliveries, errors and a page of files (keys, states, pseudonyms)."""
     counts = batch.get("counts") or {}
     done, total = _done(counts)
-    facts = [
-        ("status", f'<span class="status s-{_e(batch.get("status"))}">{_e(batch.get("status"))}</span>'),
+    facts = [("folder", _e(batch["folder"]))] if "folder" in batch else []
+    facts += [
+        (
+            "status",
+            f'<span class="status s-{_e(batch.get("status"))}">{_e(batch.get("status"))}</span>'
+            + _waiting(batch),
+        ),
         ("progress", _bar(done, total)),
         ("files", " ".join(f"{_e(k.lower())}={int(v)}" for k, v in counts.items() if k != "total")),
         ("size", _e(_size(batch.get("size_bytes")))),
@@ -370,6 +441,7 @@ def render_batch(batch: dict[str, Any], refresh: int, page_size: int, state: str
         ("sent at", _e(_when(batch.get("sent_at")))),
         ("send time", _e(_seconds(batch.get("send_seconds")))),
     ]
+    objects = any("object" in f for f in batch.get("files") or [])  # absent when names are hidden
     body = ['<p><a href="../">all batches</a></p><dl class="facts">']
     body += [f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts]
     body.append("</dl>")
@@ -393,12 +465,16 @@ def render_batch(batch: dict[str, Any], refresh: int, page_size: int, state: str
         body += [f"<tr><td>{_e(e['file'])}</td><td>{_e(e['reason'])}</td></tr>" for e in batch["errors"]]
         body.append("</tbody></table>")
     body.append(
-        '<h2>files</h2><table id="files"><thead><tr><th>file</th><th>state</th><th>reason</th>'
+        '<h2>files</h2><table id="files"><thead><tr><th>file</th>'
+        + ("<th>object</th>" if objects else "")
+        + "<th>state</th><th>reason</th>"
         "<th>patient</th><th>study</th><th>series</th><th>instance</th></tr></thead><tbody>"
     )
     for f in batch.get("files") or []:
         body.append(
-            f'<tr><td class="id">{_e(f["name"])}</td><td><span class="state t-{_e(f["state"])}">'
+            f'<tr><td class="id">{_e(f["name"])}</td>'
+            + (f'<td class="object">{_e(f.get("object"))}</td>' if objects else "")
+            + f'<td><span class="state t-{_e(f["state"])}">'
             f"{_e(f['state'])}</span></td><td>{_e(f.get('reason'))}</td>"
             + "".join(f'<td class="uid">{_e(f.get(k))}</td>' for k in ID_FIELDS)
             + "</tr>"

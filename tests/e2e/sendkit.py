@@ -145,7 +145,41 @@ def seed_batch(
         },
         merge=True,
     )
+    _seed_tally(ctx, batch_id, seeded.files, now.timestamp())
     return seeded
+
+
+def _seed_tally(ctx: Context, batch_id: str, files: list[dict[str, Any]], at: float) -> None:
+    """The batch's tally shards as the pipeline leaves them for these files (sendit.store.tally)."""
+    from sendit.store import tally
+
+    shards: dict[int, dict[str, Any]] = {}
+    for f in files:
+        shard = shards.setdefault(
+            tally.shard_of(f["key"], ctx.settings.tally_shards), {"received": 0, "terminal": 0}
+        )
+        shard["received"] += 1
+        shard["terminal"] += 0 if f["state"] == "RECEIVED" else 1
+    ref = ctx.clients.firestore.collection(ctx.settings.batches_collection).document(batch_id)
+    for index, fields in shards.items():
+        ref.collection(tally.TALLY).document(str(index)).set({**fields, "last_arrival": at})
+
+
+def without_names(view: Any) -> Any:
+    """A status API answer without its ``folder`` and ``object`` fields: the only places where staging
+    names may appear (and only with SENDIT_STATUS_NAMES=shown)."""
+    if isinstance(view, dict):
+        return {k: without_names(v) for k, v in view.items() if k not in {"folder", "object"}}
+    if isinstance(view, list):
+        return [without_names(v) for v in view]
+    return view
+
+
+def without_name_cells(page: str) -> str:
+    """A dashboard page without its folder and object cells (the names' only place in the HTML)."""
+    import re
+
+    return re.sub(r'<td class="(?:folder|object)">.*?</td>|<dt>folder</dt><dd>.*?</dd>', "", page)
 
 
 def batch_doc(ctx: Context, batch_id: str) -> dict[str, Any]:

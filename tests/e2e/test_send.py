@@ -131,7 +131,7 @@ def test_upload_process_send_deliver(stack: Any, ctx: Any, tmp_path: Path, batch
     assert staging == [f"{batch_name}/notes.txt"]
     processing = list(ctx.clients.storage.list_blobs(ctx.settings.processing_bucket, prefix=f"{batch_id}/"))
     assert processing == []
-    text = json.dumps(batch)
+    text = json.dumps(kit.without_names(batch))
     assert batch_name not in text and not kit.planted_in(text) and "notes.txt" not in text
 
     # Send twice: a no-op that says so; nothing new anywhere.
@@ -193,6 +193,7 @@ def test_send_without_body_queues_every_ready_batch(
         batch_name + "b",
         [StudySpec(study_index=random.randrange(10**9))],
         status="PROCESSING",
+        extra_files=[("RECEIVED", None)],  # one file still in flight: not complete
     )
     send_url = stack.function_url("send")
 
@@ -202,7 +203,9 @@ def test_send_without_body_queues_every_ready_batch(
     kit.wait_for(lambda: kit.batch_status(stack.function_url("status"), ready.batch_id) == "SENT", 60)
     code, body = kit.post(send_url, {"batches": [busy.batch_id, ready.batch_id, "nosuchbatch"]})
     assert code == 200
-    assert body["not_ready"] == [{"id": busy.batch_id, "status": "PROCESSING"}]
+    assert [(b["id"], b["status"], b["waiting_for"]) for b in body["not_ready"]] == [
+        (busy.batch_id, "PROCESSING", "1 files in flight")
+    ]
     assert body["already_sent"] == [ready.batch_id] and body["unknown"] == ["nosuchbatch"]
 
 

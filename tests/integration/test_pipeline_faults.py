@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from dicom_factory import StudySpec, write_study
 from google.api_core.exceptions import Conflict, ServiceUnavailable
-from pipeline_helpers import batch_of, clean_objects, files_of, wait_batch
+from pipeline_helpers import batch_of, clean_objects, files_of, wait_batch, wait_for
 
-from sendit import process, state
+from sendit import completion, process, state
 from sendit.events import PUBSUB_PUBLISHED, ObjectFinalized
 from sendit.runtime import Context
 
@@ -63,6 +63,16 @@ def _batch(ctx: Context, folder: str) -> str:
     return state.batch_id(ctx.settings.secret_key, DIRECT_BUCKET, folder)
 
 
+def _settled(ctx: Context, batch: str, statuses: set[str]) -> dict[str, Any]:
+    """Wait for the stack's sweep to settle a batch (stable age) and return its document."""
+
+    def done() -> dict[str, Any] | None:
+        doc = state.get_batch(ctx, batch)
+        return doc if doc and doc.get("status") in statuses else None
+
+    return wait_for(done, 60, what=f"batch in {sorted(statuses)}")
+
+
 def _file(ctx: Context, obj: ObjectFinalized) -> dict[str, Any]:
     doc = state.get_file(ctx, state.file_key(obj.bucket, obj.name, obj.generation))
     assert doc is not None
@@ -92,7 +102,8 @@ def test_crash_between_clean_write_and_record_leaves_one_file_and_one_state(
     doc = _file(ctx, obj)
     assert doc["state"] == state.ANONYMIZED and doc["attempts"] == 2
     assert doc["clean_uri"] == f"gs://{ctx.settings.processing_bucket}/{written.name}"
-    assert state.get_batch(ctx, batch)["status"] == state.DONEPROCESSING
+    done = _settled(ctx, batch, {state.DONEPROCESSING})  # the sweep, once the batch is stable
+    assert done["counts"]["total"] == 1 and done["counts"][state.ANONYMIZED] == 1
 
     assert process.process_object(ctx, obj).claim == "duplicate"
     assert len(files_of(ctx.clients, batch)) == 1
@@ -134,8 +145,8 @@ def test_gives_up_after_max_attempts(
     assert result.claim == "gave_up" and result.state == state.FAILED
     doc = _file(ctx, obj)
     assert doc["state"] == state.FAILED and doc["reason"] == "gave up after 2 attempts"
-    batch = state.get_batch(ctx, _batch(ctx, batch_name))
-    assert batch["status"] == state.EMPTY and batch["has_error"] is True
+    batch = _settled(ctx, _batch(ctx, batch_name), {state.EMPTY})
+    assert batch["has_error"] is True
     assert batch["errors"][0]["reason"] == "gave up after 2 attempts"
 
 
@@ -221,8 +232,8 @@ def test_dead_letter_marks_file_failed_and_leaves_terminal_files_alone(
     assert _file(ctx, done)["state"] == state.ANONYMIZED
     failed = _file(ctx, lost)
     assert failed["state"] == state.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
-    batch = state.get_batch(ctx, _batch(ctx, batch_name))
-    assert batch["status"] == state.DONEPROCESSING and batch["counts"]["FAILED"] == 1
+    batch = _settled(ctx, _batch(ctx, batch_name), {state.DONEPROCESSING})
+    assert batch["counts"]["FAILED"] == 1 and batch["counts"]["total"] == 2
     assert batch["has_error"] is True
 
 
@@ -254,8 +265,10 @@ def test_poison_notification_is_dead_lettered_and_recorded(
 def test_duplicate_after_crash_before_finalize_corrects_stale_counts(
     ctx: Context, batch_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A racing finalize wrote DONEPROCESSING with the counts of all files but one, and the instance of
-    that last file died between its terminal write and its own finalize: the redelivery fixes the counts."""
+    """A racing completion wrote DONEPROCESSING with the counts of the first file only (the second was
+    claimed just after its pass), and the instance of the second died between its terminal write and its
+    completion check: the redelivery finds the counts off the tally, reopens the batch, and the sweep
+    settles it again with both files."""
     first = _put(ctx, tmp_path / "a", batch_name, "a.dcm", study_index=11)
     second = _put(ctx, tmp_path / "b", batch_name, "b.dcm", study_index=12)
     batch = _batch(ctx, batch_name)
@@ -264,16 +277,24 @@ def test_duplicate_after_crash_before_finalize_corrects_stale_counts(
     def crash(*args: Any, **kwargs: Any) -> str:
         raise Crash()
 
-    monkeypatch.setattr(state, "finalize_batch", crash)
+    monkeypatch.setattr(completion, "after_terminal", crash)
     with pytest.raises(Crash):
         process.process_object(ctx, second)
     monkeypatch.undo()
     assert _file(ctx, second)["state"] == state.ANONYMIZED
-    # What the racing finalize of the first file left behind: done, but counting one file.
-    state.store(ctx).batch_ref(batch).update(
-        {"status": state.DONEPROCESSING, "counts": {**state.batch_counts(ctx, batch), state.ANONYMIZED: 1}}
-    )
+    # What the racing completion left behind: done, but counting the first file only.
+    stale = {**state.batch_counts(ctx, batch), state.ANONYMIZED: 1, "total": 1}
+    state.store(ctx).batch_ref(batch).update({"status": state.DONEPROCESSING, "counts": stale})
 
     assert process.process_object(ctx, second).claim == "duplicate"
-    healed = state.get_batch(ctx, batch)
-    assert healed["status"] == state.DONEPROCESSING and healed["counts"][state.ANONYMIZED] == 2
+    healed = wait_for(
+        lambda: (
+            (d := state.get_batch(ctx, batch))
+            and d["status"] == state.DONEPROCESSING
+            and d["counts"][state.ANONYMIZED] == 2
+            and d
+        ),
+        60,
+        what="the batch settled again with both files",
+    )
+    assert healed["counts"]["total"] == 2

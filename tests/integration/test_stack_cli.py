@@ -57,7 +57,11 @@ def test_up_writes_env_and_down_leaves_nothing(tmp_path: Path) -> None:
     assert set(env) >= REQUIRED_KEYS
     assert env["SENDIT_BIGQUERY_TABLE"].count(".") == 2
     pids = json.loads((tmp_path / "stack.pids").read_text())
-    assert len(pids) == 9 and all(_alive(pid) for pid in pids.values())
+    from sendit.config import topology
+
+    # four emulators, one server per function, the scheduler that ticks the sweep
+    assert len(pids) == 4 + len(topology()["functions"]) + 1 and all(_alive(pid) for pid in pids.values())
+    assert env["SENDIT_STABLE_AGE_SECONDS"] == "3" and env["SENDIT_SWEEP_SECONDS"] == "1"
     again = subprocess.run([*run, "up", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "already running" in again.stderr
     down = subprocess.run([*run, "down", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)

@@ -27,7 +27,7 @@ from polling import wait_for as wait_for  # re-exported for the tests that impor
 from sendit.local.samples import PLANTED
 
 TERMINAL = frozenset({"ANONYMIZED", "SKIPPED", "FAILED", "SENT"})
-FUNCTIONS = ("anonymize", "deliver", "dead_letter", "send", "status")
+FUNCTIONS = ("anonymize", "deliver", "dead_letter", "sweep", "send", "status")
 
 # ------------------------------------------------------------------------------ texts for the PHI check
 # Every HTTP body, status field and captured output the suite sees is kept here; test_zz_phi.py reads it.

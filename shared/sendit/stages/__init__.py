@@ -1,0 +1,1 @@
+"""The pipeline's stages: what each function does with one event."""

@@ -1,0 +1,1 @@
+"""Firestore documents of sendit, one module per kind of document (contract: docs/state.md)."""
