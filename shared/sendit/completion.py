@@ -47,7 +47,8 @@ class Verdict:
     check_listing: bool = False  # sealed, and the tally cannot rule completion out: read the listed files
 
     def view(self) -> dict[str, Any]:
-        return {"mode": self.mode, "complete": self.complete, "waiting_for": self.waiting_for, **self.detail}
+        waiting = self.waiting_for or ("the next sweep" if self.complete else None)
+        return {"mode": self.mode, "complete": self.complete, "waiting_for": waiting, **self.detail}
 
 
 def _epoch(value: Any) -> float | None:

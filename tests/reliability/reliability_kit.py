@@ -62,8 +62,28 @@ def http(
     except urllib.error.HTTPError as exc:
         payload = exc.read()
         code = exc.code
-    remember(f"HTTP {method} {code}", payload.decode("utf-8", "replace"))
+    remember(f"HTTP {method} {code}", names_removed(payload).decode("utf-8", "replace"))
     return code, payload
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in {"folder", "object"}}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def names_removed(payload: bytes) -> bytes:
+    """A status API answer without its ``folder``/``object`` fields (JSON) or cells (HTML): the one place
+    where staging names may appear, for the operators who uploaded them (SENDIT_STATUS_NAMES=shown)."""
+    import re
+
+    try:
+        return json.dumps(_strip(json.loads(payload)), ensure_ascii=False).encode()
+    except (ValueError, UnicodeDecodeError):
+        pattern = rb'<td class="(?:folder|object)">.*?</td>|<dt>folder</dt><dd>.*?</dd>'
+        return re.sub(pattern, b"", payload)
 
 
 def pid_alive(pid: int) -> bool:
