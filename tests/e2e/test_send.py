@@ -247,3 +247,25 @@ def _cli(env: dict[str, str], *args: str) -> str:
         check=True,
         timeout=60,
     ).stdout
+
+
+def test_force_sends_a_named_batch_before_it_is_complete(
+    stack: Any, ctx: Any, tmp_path: Path, batch_name: str
+) -> None:
+    busy = kit.seed_batch(
+        ctx,
+        tmp_path,
+        batch_name,
+        [StudySpec(study_index=random.randrange(10**9))],
+        status="PROCESSING",
+        extra_files=[("RECEIVED", None)],  # still in flight: a follow-up send would deliver it
+    )
+    send_url = stack.function_url("send")
+    code, body = kit.post(send_url, {"batches": [busy.batch_id]})
+    assert code == 200 and body["not_ready"][0]["waiting_for"] == "1 files in flight"
+    code, body = kit.post(send_url, {"batches": [busy.batch_id], "force": True})
+    assert code == 202 and body["queued"] == [busy.batch_id]
+    doc = kit.wait_for(lambda: (d := kit.batch_doc(ctx, busy.batch_id))["status"] == "SENT" and d, 60)
+    assert doc["completed_by"] == "force" and doc["deliveries"][0]["files"] == len(busy.anonymized)
+    states = sorted(f["state"] for f in kit.file_docs(ctx, busy.batch_id))
+    assert states.count("RECEIVED") == 1 and states.count("SENT") == len(busy.anonymized)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sendit import completion, state
+from sendit import completion, send_queue, state
 from sendit.store import manifests
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ def handle_manifest(ctx: Context, obj: ObjectFinalized) -> str:
         return "invalid"
     recorded = record(ctx, batch, obj, folder, manifest)
     status = completion.evaluate(ctx, batch) if recorded else None
+    if status == state.DONEPROCESSING:
+        send_queue.auto_send(ctx, batch)
     log.info(
         "manifest recorded" if recorded else "older manifest ignored",
         extra={
