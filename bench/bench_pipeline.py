@@ -67,13 +67,15 @@ def _upload(project: str, bucket: str, folder: str, payloads: list[tuple[str, by
 
 
 def _wait(db: Any, batch: str, n: int, timeout: float) -> dict[str, Any]:
-    from sendit import state
+    from sendit.store.base import Store
+    from sendit.store.batches import get_batch
+    from sendit.store.vocabulary import BatchState
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        doc = state.get_batch(db, batch) or {}
+        doc = get_batch(Store.of(db), batch=batch) or {}
         counts = doc.get("counts") or {}
-        if doc.get("status") in (state.DONEPROCESSING, state.EMPTY) and counts.get("total") == n:
+        if doc.get("status") in (BatchState.DONEPROCESSING, BatchState.EMPTY) and counts.get("total") == n:
             return doc
         time.sleep(0.2)
     raise TimeoutError(f"batch of {n} files not done after {timeout:.0f}s")
@@ -93,13 +95,13 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(stack: Any, n: int) -> dict[str, Any]:
-    from sendit import state
+    from sendit import naming
     from sendit.clients import Clients
     from sendit.config import Settings
 
     settings = Settings.from_env(stack.settings_env())
     folder = f"B{uuid.uuid4().hex[:10]}"
-    batch = state.batch_id(settings.secret_key, settings.staging_bucket, folder)
+    batch = naming.batch_id(settings.secret_key, settings.staging_bucket, folder)
     payloads = _payloads(folder, n)
     began = time.monotonic()
     upload_s = _upload(stack.project, settings.staging_bucket, folder, payloads)

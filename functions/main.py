@@ -1,4 +1,4 @@
-"""Cloud Functions entry points. They only unwrap the request and call the library (``sendit.runtime``)."""
+"""Cloud Functions entry points. They only unwrap the request and call ``sendit.app.runtime``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import functions_framework
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 
-from sendit import runtime
+from sendit.app import runtime
 
 
 @functions_framework.cloud_event

@@ -1,5 +1,6 @@
 """Shared fixtures. The local stack (four emulators + one functions-framework server per function) is
-started once per test session by the ``stack`` fixture, only when a test asks for it, and stopped at the end.
+started once per test session by the ``stack`` fixture, only when a test asks for it, and stopped at the end,
+right after the session's PHI scan (``support.phi``). Helpers live in ``tests/support``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     os.environ.update(local.settings_env())
     try:
         yield local
+        # The PHI scan, once, after every test of the session (whatever their order), stack still up.
+        from support import phi
+
+        leaked = phi.scan(local)
+        assert not leaked, "PHI outside the staging side: " + "; ".join(leaked)
     finally:
         local.stop()
         os.environ.clear()

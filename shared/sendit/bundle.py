@@ -4,7 +4,8 @@ Layout at the archive root (what Cloud Functions' Python buildpack expects)::
 
     main.py            <- functions/main.py (the entry points)
     requirements.txt   <- requirements.txt (runtime dependencies)
-    sendit/...         <- shared/sendit (the library with its JSON schema, topology and recipe files)
+    sendit/...         <- shared/sendit (the library with its JSON schema, topology and recipe files),
+                          without ``sendit/local`` (the local twin) and ``sendit/cli`` (the operator CLI)
 
 The archive is deterministic: entries sorted, fixed timestamps and permissions, fixed compression level.
 The same sources therefore give the same bytes, and the file name carries their hash:
@@ -33,6 +34,8 @@ _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _EXCLUDED_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 _EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 _EXCLUDED_NAMES = {".DS_Store"}
+# Sub-packages no function imports: the local twin and the operator CLI stay out of the deployed archive.
+EXCLUDED_PACKAGES = ("local", "cli")
 
 
 def repo_root() -> Path:
@@ -43,7 +46,14 @@ def repo_root() -> Path:
 def _package_files(package_dir: Path) -> Iterator[tuple[str, Path]]:
     for dirpath, dirnames, filenames in os.walk(package_dir):
         # Prune in place so os.walk never descends into caches; sorted for a stable walk.
-        dirnames[:] = sorted(d for d in dirnames if d not in _EXCLUDED_DIRS and not d.endswith(".egg-info"))
+        top = Path(dirpath) == package_dir
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if d not in _EXCLUDED_DIRS
+            and not d.endswith(".egg-info")
+            and not (top and d in EXCLUDED_PACKAGES)
+        )
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
             if filename in _EXCLUDED_NAMES or path.suffix in _EXCLUDED_SUFFIXES or path.is_symlink():

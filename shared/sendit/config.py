@@ -6,33 +6,15 @@ Every value a function or the CLI needs comes from here. ``Settings.from_env()``
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
+from sendit.errors import ConfigError
+from sendit.resources import topology
 
-class ConfigError(ValueError):
-    """A required setting is missing or malformed."""
-
-
-@cache
-def topology() -> dict[str, Any]:
-    """The one declaration of buckets, topics, subscriptions, table and functions (shared with Terraform)."""
-    text = resources.files("sendit").joinpath("topology.json").read_text(encoding="utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
-@cache
-def bigquery_schema() -> list[dict[str, Any]]:
-    """The BigQuery table schema (the same JSON file Terraform uses)."""
-    text = resources.files("sendit").joinpath("schema/dicom.json").read_text(encoding="utf-8")
-    schema: list[dict[str, Any]] = json.loads(text)
-    return schema
+__all__ = ["ConfigError", "Settings"]
 
 
 def _flag(value: str) -> bool:
@@ -46,6 +28,59 @@ def _flag(value: str) -> bool:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip().upper() for part in value.split(",") if part.strip())
+
+
+class _Reader:
+    """Reads variables from one mapping and collects what is missing or malformed (never a value)."""
+
+    def __init__(self, source: Mapping[str, str]) -> None:
+        self.source = source
+        self.missing: list[str] = []
+        self.problems: list[str] = []
+
+    def need(self, name: str) -> str:
+        value = self.source.get(name, "").strip()
+        if not value:
+            self.missing.append(name)
+        return value
+
+    def conv(self, name: str, default: Any, parse: Any) -> Any:
+        raw = self.source.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            # Our own parsers say what they expect; int()'s message would quote the value.
+            self.problems.append(f"{name}: {exc if parse is not int else 'expected a whole number'}")
+            return default
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = str(self.conv(name, default, lambda v: v.strip().lower()))
+        if value not in allowed:
+            self.problems.append(f"{name}: expected {' or '.join(allowed)}")
+        return value
+
+    def at_least(self, name: str, default: int, minimum: int) -> int:
+        value = int(self.conv(name, default, int))
+        if value < minimum:
+            self.problems.append(f"{name}: must be at least {minimum}")
+        return value
+
+    def between(self, name: str, default: int, low: int, high: int) -> int:
+        value = int(self.conv(name, default, int))
+        if not low <= value <= high:
+            self.problems.append(f"{name}: must be between {low} and {high}")
+        return value
+
+    def raise_if_any(self) -> None:
+        if self.missing or self.problems:
+            parts = []
+            if self.missing:
+                parts.append("missing: " + ", ".join(self.missing))
+            if self.problems:
+                parts.append("invalid: " + "; ".join(self.problems))
+            raise ConfigError("sendit configuration error - " + " | ".join(parts))
 
 
 @dataclass(frozen=True)
@@ -92,70 +127,32 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_key: bool = True) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise ConfigError naming every problem."""
         source = os.environ if env is None else env
-        missing: list[str] = []
-        problems: list[str] = []
-
-        def need(name: str) -> str:
-            value = source.get(name, "").strip()
-            if not value:
-                missing.append(name)
-            return value
-
-        def conv(name: str, default: Any, parse: Any) -> Any:
-            raw = source.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                return parse(raw)
-            except ValueError as exc:
-                # Our own parsers say what they expect; int()'s message would quote the value.
-                problems.append(f"{name}: {exc if parse is not int else 'expected a whole number'}")
-                return default
-
-        project = need("GOOGLE_CLOUD_PROJECT")
-        staging = need("SENDIT_STAGING_BUCKET")
-        processing = need("SENDIT_PROCESSING_BUCKET")
-        destination = need("SENDIT_DESTINATION_BUCKET")
-        table = need("SENDIT_BIGQUERY_TABLE")
-        deliver_topic = need("SENDIT_DELIVER_TOPIC")
+        read = _Reader(source)
+        project = read.need("GOOGLE_CLOUD_PROJECT")
+        staging = read.need("SENDIT_STAGING_BUCKET")
+        processing = read.need("SENDIT_PROCESSING_BUCKET")
+        destination = read.need("SENDIT_DESTINATION_BUCKET")
+        table = read.need("SENDIT_BIGQUERY_TABLE")
+        deliver_topic = read.need("SENDIT_DELIVER_TOPIC")
         key = source.get("SENDIT_SECRET_KEY", "")
         if require_key and len(key.strip()) < 16:
-            missing.append("SENDIT_SECRET_KEY (at least 16 characters)")
+            read.missing.append("SENDIT_SECRET_KEY (at least 16 characters)")
         if table and table.count(".") != 2:
-            problems.append("SENDIT_BIGQUERY_TABLE: expected project.dataset.table")
+            read.problems.append("SENDIT_BIGQUERY_TABLE: expected project.dataset.table")
 
-        identity = conv("SENDIT_IDENTITY_PROVIDER", "hmac", lambda v: v.strip().lower())
-        if identity not in {"hmac", "http"}:
-            problems.append("SENDIT_IDENTITY_PROVIDER: expected hmac or http")
+        identity = read.choice("SENDIT_IDENTITY_PROVIDER", "hmac", ("hmac", "http"))
         identity_url = source.get("SENDIT_IDENTITY_URL") or None
         if identity == "http" and not identity_url:
-            missing.append("SENDIT_IDENTITY_URL (required by SENDIT_IDENTITY_PROVIDER=http)")
-        layout = conv("SENDIT_DELIVERY_LAYOUT", "instance", lambda v: v.strip().lower())
-        if layout not in {"instance", "tar"}:
-            problems.append("SENDIT_DELIVERY_LAYOUT: expected instance or tar")
-        cleanup = conv("SENDIT_CLEANUP", "after-send", lambda v: v.strip().lower())
-        if cleanup not in {"after-send", "never"}:
-            problems.append("SENDIT_CLEANUP: expected after-send or never")
-        shift = conv("SENDIT_DATE_SHIFT_MAX_DAYS", 365, int)
-        if shift < 1:
-            problems.append("SENDIT_DATE_SHIFT_MAX_DAYS: must be at least 1")
-        attempts = conv("SENDIT_MAX_ATTEMPTS", 5, int)
-        if attempts < 1:
-            problems.append("SENDIT_MAX_ATTEMPTS: must be at least 1")
-        lease = conv("SENDIT_LEASE_SECONDS", 60, int)
-        if lease < 5:
-            problems.append("SENDIT_LEASE_SECONDS: must be at least 5")
-        pixel_cleaning = conv("SENDIT_PIXEL_CLEANING", False, _flag)
-        modalities = conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
-        completion = _completion_settings(conv, problems)
-
-        if missing or problems:
-            parts = []
-            if missing:
-                parts.append("missing: " + ", ".join(missing))
-            if problems:
-                parts.append("invalid: " + "; ".join(problems))
-            raise ConfigError("sendit configuration error - " + " | ".join(parts))
+            read.missing.append("SENDIT_IDENTITY_URL (required by SENDIT_IDENTITY_PROVIDER=http)")
+        layout = read.choice("SENDIT_DELIVERY_LAYOUT", "instance", ("instance", "tar"))
+        cleanup = read.choice("SENDIT_CLEANUP", "after-send", ("after-send", "never"))
+        shift = read.at_least("SENDIT_DATE_SHIFT_MAX_DAYS", 365, 1)
+        attempts = read.at_least("SENDIT_MAX_ATTEMPTS", 5, 1)
+        lease = read.at_least("SENDIT_LEASE_SECONDS", 60, 5)
+        pixel_cleaning = read.conv("SENDIT_PIXEL_CLEANING", False, _flag)
+        modalities = read.conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
+        completion = _completion_settings(read)
+        read.raise_if_any()
 
         return cls(
             project=project,
@@ -183,23 +180,13 @@ class Settings:
         )
 
 
-def _completion_settings(conv: Any, problems: list[str]) -> dict[str, Any]:
-    """The completion, sweep, auto-send and status-name settings (validated; problems appended)."""
-    ranges = {
-        "SENDIT_STABLE_AGE_SECONDS": ("stable_age_seconds", 60, 1, 86_400),
-        "SENDIT_MANIFEST_TIMEOUT_SECONDS": ("manifest_timeout_seconds", 3600, 1, 7 * 86_400),
-        "SENDIT_TALLY_SHARDS": ("tally_shards", 16, 1, 256),
-        "SENDIT_SWEEP_SECONDS": ("sweep_seconds", 60, 1, 3600),
+def _completion_settings(read: _Reader) -> dict[str, Any]:
+    """The completion, sweep, auto-send and status-name settings (problems collected by ``read``)."""
+    return {
+        "stable_age_seconds": read.between("SENDIT_STABLE_AGE_SECONDS", 60, 1, 86_400),
+        "manifest_timeout_seconds": read.between("SENDIT_MANIFEST_TIMEOUT_SECONDS", 3600, 1, 7 * 86_400),
+        "tally_shards": read.between("SENDIT_TALLY_SHARDS", 16, 1, 256),
+        "sweep_seconds": read.between("SENDIT_SWEEP_SECONDS", 60, 1, 3600),
+        "auto_send": read.conv("SENDIT_AUTO_SEND", False, _flag),
+        "status_names": read.choice("SENDIT_STATUS_NAMES", "shown", ("shown", "hidden")),
     }
-    values: dict[str, Any] = {}
-    for name, (attr, default, low, high) in ranges.items():
-        value = conv(name, default, int)
-        if not low <= value <= high:
-            problems.append(f"{name}: must be between {low} and {high}")
-        values[attr] = value
-    values["auto_send"] = conv("SENDIT_AUTO_SEND", False, _flag)
-    names = conv("SENDIT_STATUS_NAMES", "shown", lambda v: v.strip().lower())
-    if names not in {"shown", "hidden"}:
-        problems.append("SENDIT_STATUS_NAMES: expected shown or hidden")
-    values["status_names"] = names
-    return values

@@ -2,7 +2,9 @@
 
 A staging upload reaches ``anonymize`` as a ``google.cloud.pubsub.topic.v1.messagePublished``
 CloudEvent wrapping the bucket's OBJECT_FINALIZE notification (payload JSON_API_V1). A direct
-Cloud Storage trigger (``google.cloud.storage.object.v1.finalized``) is accepted too.
+Cloud Storage trigger (``google.cloud.storage.object.v1.finalized``) is accepted too. ``send`` publishes
+one deliver message per batch (``deliver_message``), which ``deliver`` decodes (``deliver_request``); a
+message that exhausted its deliveries reaches ``dead_letter`` (``dead_letter``).
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from sendit import naming
+from sendit.errors import EventError
+
+__all__ = ["EventError"]
 
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
-
-
-class EventError(ValueError):
-    """The event cannot be understood: a permanent error (ack it, never retry)."""
+DELIVER_KIND = "deliver"  # the ``kind`` attribute of deliver messages
+DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,62 @@ def _from_resource(resource: dict[str, Any], event_id: str, attempt: int | None)
         event_id=event_id,
         delivery_attempt=attempt,
     )
+
+
+@dataclass(frozen=True)
+class DeliverRequest:
+    """One deliver message: deliver this batch (for the send that wrote ``delivery_id``)."""
+
+    batch_id: str
+    delivery_id: str | None
+    message_id: str
+
+
+def deliver_message(batch_id: str, delivery_id: str) -> tuple[bytes, dict[str, str]]:
+    """The data and attributes ``send`` publishes for one batch (decoded by ``deliver_request``)."""
+    data = json.dumps({"batch_id": batch_id, "delivery_id": delivery_id}).encode()
+    return data, {"kind": DELIVER_KIND, "batch_id": batch_id}
+
+
+def deliver_request(event_type: str, data: Any, event_id: str = "") -> DeliverRequest:
+    """Decode a deliver message. Raises ``EventError`` when it names no valid batch id."""
+    message = pubsub_message(event_type, data, event_id)
+    return _deliver_payload(message, event_id)
+
+
+def _deliver_payload(message: PubSubMessage, event_id: str) -> DeliverRequest:
+    payload = message.json()
+    batch_id = payload.get("batch_id") if isinstance(payload, dict) else None
+    if not isinstance(batch_id, str) or not naming.is_token(batch_id):
+        raise EventError("message without a valid batch_id")
+    delivery_id = payload.get("delivery_id") if isinstance(payload, dict) else None
+    return DeliverRequest(
+        batch_id=batch_id,
+        delivery_id=delivery_id if isinstance(delivery_id, str) else None,
+        message_id=message.message_id or event_id,
+    )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that exhausted its deliveries: a staging notification (``upload``), a deliver message
+    (``delivery``) or neither (``unknown``). ``count`` is the number of deliveries Pub/Sub made."""
+
+    kind: Literal["upload", "delivery", "unknown"]
+    count: int | None
+    upload: ObjectFinalized | None = None
+    delivery: DeliverRequest | None = None
+
+
+def dead_letter(event_type: str, data: Any, event_id: str = "") -> DeadLetter:
+    """Decode a dead-lettered message. Raises ``EventError`` when it is not a Pub/Sub message at all."""
+    message = pubsub_message(event_type, data, event_id)
+    raw_count = message.attributes.get(DEAD_LETTER_COUNT) or ""
+    count = int(raw_count) if raw_count.isdigit() else None
+    if "bucketId" in message.attributes and "objectId" in message.attributes:
+        return DeadLetter("upload", count, upload=object_finalized(event_type, data, event_id))
+    try:
+        request = _deliver_payload(message, event_id)
+    except EventError:
+        return DeadLetter("unknown", count)
+    return DeadLetter("delivery", count, delivery=request)

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sendit.errors import ManifestError as ManifestError
+
 FORMAT = "sendit-manifest/1"
 TOOL = "sendit"
 MANIFEST_NAME = "sendit-manifest.json"
@@ -29,16 +31,7 @@ MAX_MANIFEST_BYTES = 64 * 1024**2  # about 400,000 entries; a bigger object is r
 _READ_CHUNK = 1024**2
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be trusted. The message never quotes object or folder names."""
-
-
 # ------------------------------------------------------------------------------------------ names
-
-
-def folder_of(object_name: str) -> str:
-    """The top-level folder (the batch) of an object name; ``""`` for an object at the bucket root."""
-    return object_name.split("/", 1)[0] if "/" in object_name else ""
 
 
 def manifest_name(folder: str) -> str:

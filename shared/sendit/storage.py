@@ -9,19 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sendit.errors import ObjectGone, TooLarge
+
 if TYPE_CHECKING:
     from google.cloud import storage
 
 DICOM_CONTENT_TYPE = "application/dicom"
 MAX_OBJECT_BYTES = 2 * 1024**3  # above this a file is FAILED "object too large" (memory-backed /tmp)
-
-
-class ObjectGone(Exception):
-    """The object (that generation) no longer exists."""
-
-
-class TooLarge(Exception):
-    """The object is bigger than the cap."""
 
 
 def download(

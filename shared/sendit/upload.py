@@ -15,8 +15,8 @@ What is uploaded: regular files, and symbolic links to regular files (their cont
 Not uploaded, counted in the summary: hidden files and folders (a name starting with ``.``, such as
 ``.DS_Store``) unless ``--include-hidden``; symbolic links to folders (never followed: no loops, nothing from
 outside the folder); other special files; a top-level ``sendit-manifest.json`` (that name is the seal's). A
-broken link, an unreadable file or a name GCS cannot store is a failure. Names are used as the file system
-gives them (no Unicode normalization).
+broken link, an unreadable file, a name GCS cannot store, or a folder with nothing to upload is a failure.
+Names are used as the file system gives them (no Unicode normalization).
 
 Output: a progress bar on stderr (only on a terminal and without ``--quiet``) and a summary per folder on
 stdout. They are for the person uploading, on their own machine: unlike the pipeline's logs they name the
@@ -322,7 +322,7 @@ class _Mismatch(Exception):
 
 def verified(blob: storage.Blob, size: int, md5: str) -> str:
     """The blob's generation, if the bucket reports exactly this size and MD5."""
-    if blob.generation is None or int(blob.size or -1) != size or blob.md5_hash != md5:
+    if blob.generation is None or blob.size is None or int(blob.size) != size or blob.md5_hash != md5:
         raise _Mismatch("the bucket's size or MD5 differs from the local file (changed during the upload?)")
     return str(blob.generation)
 

@@ -11,17 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_factory import StudySpec, write_study
-from polling import wait_for
+from support.dicom import StudySpec, write_study
+from support.polling import wait_for
 
-from sendit import state
+from sendit import naming
+from sendit.store import batches
+from sendit.store.base import Store
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _batch(clients: Any, batch_id: str) -> dict[str, Any]:
-    return state.get_batch(clients.firestore, batch_id) or {}
+    return batches.get_batch(Store.of(clients.firestore), batch=batch_id) or {}
 
 
 def test_auto_send_delivers_sealed_and_stable_batches_without_a_send(
@@ -30,7 +32,7 @@ def test_auto_send_delivers_sealed_and_stable_batches_without_a_send(
     sealed, plain = f"AUTO-S-{uuid.uuid4().hex[:6]}", f"AUTO-P-{uuid.uuid4().hex[:6]}"
     for folder in (sealed, plain):
         write_study(tmp_path, StudySpec(series=1, instances=2, rows=8, columns=8), folder=folder)
-    ids = {f: state.batch_id(settings.secret_key, settings.staging_bucket, f) for f in (sealed, plain)}
+    ids = {f: naming.batch_id(settings.secret_key, settings.staging_bucket, f) for f in (sealed, plain)}
     for name in ("function anonymize", "function sweep"):
         stack.restart(name, env={"SENDIT_AUTO_SEND": "true"})
     try:

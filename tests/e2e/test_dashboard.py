@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sendkit as kit
-from dicom_factory import StudySpec
+from support import sendkit as kit
+from support.dicom import StudySpec
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser]
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sendkit as kit
-from dicom_factory import StudySpec
+from support import sendkit as kit
+from support.dicom import StudySpec
 
-from sendit import bigquery as bq
-from sendit import deliver
-from sendit import delivery_state as ds
+from sendit.delivery import rows as bq
+from sendit.errors import BatchBusy, BatchReopened
+from sendit.stages import dead_letter, deliver
+from sendit.store import deliveries as ds
 
 pytestmark = pytest.mark.stack
 
@@ -47,7 +48,7 @@ def ctx(settings: Any, clients: Any) -> Any:
 
 def _queue(ctx: Any, batch_id: str) -> str:
     delivery_id = uuid.uuid4().hex
-    decision = ds.request_send(ctx.clients.firestore, ctx.settings, batch_id, delivery_id)
+    decision = ds.request_send(ctx.store, batch_id=batch_id, delivery_id=delivery_id)
     assert decision.outcome == "queued"
     return delivery_id
 
@@ -112,6 +113,32 @@ def test_deliver_instance_layout(ctx: Any, tmp_path: Path, batch_name: str) -> N
     assert all(processing.get_blob(f["clean_uri"].split("/", 3)[3]) is None for f in anonymized)
 
 
+def test_a_row_that_cannot_be_built_fails_that_file_not_the_delivery(
+    ctx: Any, tmp_path: Path, batch_name: str
+) -> None:
+    """RowError is permanent for its image: that file is FAILED with the reason, the others are delivered."""
+    seeded = _seed(ctx, tmp_path, batch_name)
+    bad, *good = seeded.anonymized
+    files_col = ctx.clients.firestore.collection(ctx.settings.files_collection)
+    files_col.document(bad["key"]).update({"row.instance_uid": None})  # a REQUIRED column left empty
+    delivery_id = _queue(ctx, seeded.batch_id)
+
+    result = deliver.deliver_batch(ctx, seeded.batch_id, delivery_id)  # returns: nothing to retry
+
+    reason = "row cannot be built: required column instance_uid is empty"
+    assert result.status == "SENT" and result.errors == [{"file": bad["key"], "reason": reason}]
+    assert (result.files, result.rows_inserted, result.objects_written) == (len(good), len(good), len(good))
+    states = {f["key"]: (f["state"], f.get("reason")) for f in kit.file_docs(ctx, seeded.batch_id)}
+    assert states == {bad["key"]: ("FAILED", reason)} | {f["key"]: ("SENT", None) for f in good}
+    rows = kit.bigquery_rows(ctx, seeded.batch_id)
+    assert sorted(r["instance_uid"] for r in rows) == sorted(f["ids"]["instance_uid"] for f in good)
+    destination = {b.name.rsplit("/", 1)[-1] for b in kit.destination_blobs(ctx, {bad["ids"]["study_uid"]})}
+    assert f"{bad['ids']['instance_uid']}.dcm" not in destination
+    batch = kit.batch_doc(ctx, seeded.batch_id)
+    assert batch["has_error"] is True and {"file": bad["key"], "reason": reason} in batch["errors"]
+    assert batch["counts"]["FAILED"] == 1 and batch["counts"]["SENT"] == len(good)
+
+
 def test_send_twice_and_retry_after_bigquery_failure_add_no_duplicates(
     ctx: Any, tmp_path: Path, batch_name: str
 ) -> None:
@@ -140,7 +167,7 @@ def test_send_twice_and_retry_after_bigquery_failure_add_no_duplicates(
     # The same message again, and a second send: nothing new.
     again = deliver.deliver_batch(ctx, seeded.batch_id, delivery_id)
     assert again.outcome == "skipped:not_sending"
-    decision = ds.request_send(ctx.clients.firestore, ctx.settings, seeded.batch_id, uuid.uuid4().hex)
+    decision = ds.request_send(ctx.store, batch_id=seeded.batch_id, delivery_id=uuid.uuid4().hex)
     assert decision.outcome == "already_sent"
 
     rows = kit.bigquery_rows(ctx, seeded.batch_id)
@@ -245,11 +272,11 @@ def test_missing_clean_object_fails_that_file_and_keeps_everything(
 def test_concurrent_delivery_waits_for_the_lease(ctx: Any, tmp_path: Path, batch_name: str) -> None:
     seeded = _seed(ctx, tmp_path, batch_name, studies=two_studies()[:1])
     delivery_id = _queue(ctx, seeded.batch_id)
-    claim = ds.claim_delivery(ctx.clients.firestore, ctx.settings, seeded.batch_id, delivery_id, "other")
+    claim = ds.claim_delivery(ctx.store, batch_id=seeded.batch_id, delivery_id=delivery_id, owner="other")
     assert claim.granted
-    with pytest.raises(deliver.BatchBusy):
+    with pytest.raises(BatchBusy):
         deliver.deliver_batch(ctx, seeded.batch_id, delivery_id, owner="me")
-    ds.release_delivery(ctx.clients.firestore, ctx.settings, seeded.batch_id, "other")
+    ds.release_delivery(ctx.store, batch_id=seeded.batch_id, owner="other")
     assert deliver.deliver_batch(ctx, seeded.batch_id, delivery_id, owner="me").status == "SENT"
 
 
@@ -257,7 +284,7 @@ def test_dead_letter_puts_the_batch_back_with_a_reason(ctx: Any, tmp_path: Path,
     seeded = _seed(ctx, tmp_path, batch_name, studies=two_studies()[:1])
     _queue(ctx, seeded.batch_id)
 
-    assert deliver.handle_dead_letter(ctx, seeded.batch_id, 5) is True
+    assert dead_letter.dead_delivery(ctx, seeded.batch_id, 5) is True
 
     batch = kit.batch_doc(ctx, seeded.batch_id)
     assert batch["status"] == "DONEPROCESSING" and batch["has_error"] is True
@@ -265,7 +292,7 @@ def test_dead_letter_puts_the_batch_back_with_a_reason(ctx: Any, tmp_path: Path,
         "file": "",
         "reason": "delivery failed after 5 attempts; the batch can be sent again",
     }
-    assert deliver.handle_dead_letter(ctx, seeded.batch_id, 5) is False  # not SENDING any more: no change
+    assert dead_letter.dead_delivery(ctx, seeded.batch_id, 5) is False  # not SENDING any more: no change
     # ... and it can be sent again.
     delivery_id = _queue(ctx, seeded.batch_id)
     assert deliver.deliver_batch(ctx, seeded.batch_id, delivery_id).status == "SENT"
@@ -322,7 +349,7 @@ def test_batch_reopened_after_send_waits_then_delivers(ctx: Any, tmp_path: Path,
     ref = ctx.clients.firestore.collection(ctx.settings.batches_collection).document(seeded.batch_id)
     ref.update({"status": "PROCESSING"})  # what the pipeline does when a late file arrives
 
-    with pytest.raises(deliver.BatchReopened):
+    with pytest.raises(BatchReopened):
         deliver.deliver_batch(ctx, seeded.batch_id, delivery_id)
     assert "deliver_lease" not in kit.batch_doc(ctx, seeded.batch_id)
 

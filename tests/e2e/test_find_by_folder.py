@@ -18,10 +18,12 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from dicom_factory import StudySpec, write_study
-from polling import wait_for
+from support.dicom import StudySpec, write_study
+from support.polling import wait_for
 
-from sendit import state
+from sendit import naming
+from sendit.store import batches
+from sendit.store.base import Store
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -52,14 +54,14 @@ def test_a_folder_with_spaces_and_unicode_is_found_shown_and_sent_by_name(
     write_study(tmp_path, spec, folder=folder)
     (tmp_path / folder / "notes.txt").write_text("not DICOM\n")
     assert _cli(stack, "upload", "--quiet", str(tmp_path / folder)).returncode == 0
-    batch_id = state.batch_id(settings.secret_key, settings.staging_bucket, folder)
+    batch_id = naming.batch_id(settings.secret_key, settings.staging_bucket, folder)
     status_url = stack.function_url("status")
 
     def complete() -> dict[str, Any] | None:
         code, body = _get(f"{status_url}/batches?folder={quote(folder, safe='')}")
         if code != 200:
             return None
-        return body if body["batches"][0]["status"] == state.DONEPROCESSING else None
+        return body if body["batches"][0]["status"] == "DONEPROCESSING" else None
 
     body = wait_for(complete, 90, what="the folder's batch complete")
     assert body["folder"] == folder and [b["id"] for b in body["batches"]] == [batch_id]
@@ -75,7 +77,12 @@ def test_a_folder_with_spaces_and_unicode_is_found_shown_and_sent_by_name(
 
     sent = _cli(stack, "send", folder)
     assert sent.returncode == 0 and f"queued: {batch_id}" in sent.stdout
-    wait_for(lambda: (state.get_batch(clients.firestore, batch_id) or {}).get("status") == "SENT", 90)
+    wait_for(
+        lambda: (
+            (batches.get_batch(Store.of(clients.firestore), batch=batch_id) or {}).get("status") == "SENT"
+        ),
+        90,
+    )
 
 
 def test_an_unknown_folder_is_a_404_that_names_nothing_and_is_never_logged(stack: Any) -> None:
@@ -97,9 +104,13 @@ def test_hidden_names_leave_the_status_api_without_folder_or_object_names(
     folder = f"Hidden Ölfolder {uuid.uuid4().hex[:6]}"
     write_study(tmp_path, StudySpec(series=1, instances=1, rows=8, columns=8), folder=folder)
     assert _cli(stack, "upload", "--quiet", str(tmp_path / folder)).returncode == 0
-    batch_id = state.batch_id(settings.secret_key, settings.staging_bucket, folder)
+    batch_id = naming.batch_id(settings.secret_key, settings.staging_bucket, folder)
     wait_for(
-        lambda: (state.get_batch(clients.firestore, batch_id) or {}).get("status") == "DONEPROCESSING", 90
+        lambda: (
+            (batches.get_batch(Store.of(clients.firestore), batch=batch_id) or {}).get("status")
+            == "DONEPROCESSING"
+        ),
+        90,
     )
     stack.restart("function status", env={"SENDIT_STATUS_NAMES": "hidden"})
     try:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sendkit as kit
-from dicom_factory import StudySpec, write_study
+from support import sendkit as kit
+from support.dicom import StudySpec, write_study
 
-from sendit.deid.identity import keyed_digest
+from sendit import naming
 
 pytestmark = pytest.mark.stack
 
@@ -67,7 +67,7 @@ def test_upload_process_send_deliver(stack: Any, ctx: Any, tmp_path: Path, batch
     (tmp_path / batch_name / "notes.txt").write_text("not a DICOM file\n")
     uploaded = sorted(p for p in (tmp_path / batch_name).rglob("*") if p.is_file())
     assert len(uploaded) == 11
-    batch_id = keyed_digest(ctx.settings.secret_key, f"{ctx.settings.staging_bucket}/{batch_name}", 16)
+    batch_id = naming.batch_id(ctx.settings.secret_key, ctx.settings.staging_bucket, batch_name)
     seen: list[str] = []
 
     began = time.monotonic()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import requests
-import sendkit as kit
-from dicom_factory import StudySpec
+from support import sendkit as kit
+from support.dicom import StudySpec
 
 pytestmark = pytest.mark.stack
 

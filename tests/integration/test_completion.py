@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from completion_kit import (
+from support.completion import (
     batch,
     batch_tally,
     cli,
@@ -25,11 +25,12 @@ from completion_kit import (
     wait_status,
     wait_terminal,
 )
-from dicom_factory import StudySpec, write_study
-from polling import wait_for
+from support.dicom import StudySpec, write_study
+from support.polling import wait_for
 
-from sendit import completion, state
+from sendit import completion, naming
 from sendit.manifest import MANIFEST_NAME
+from sendit.store.vocabulary import BatchState, FileState
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -64,13 +65,13 @@ def test_sealed_upload_out_of_order_completes_after_its_last_listed_file_and_sen
     bucket = settings.staging_bucket
     _study(tmp_path, batch_name, 4)
     seal, files = _upload_held(stack, tmp_path, batch_name, 4)
-    batch_id = state.batch_id(settings.secret_key, bucket, batch_name)
+    batch_id = naming.batch_id(settings.secret_key, bucket, batch_name)
 
     publish(stack, seal)  # the manifest first, then the files last-first
     recorded = wait_for(lambda: batch(clients, batch_id).get("manifest"), 60, what="the manifest recorded")
     assert recorded["count"] == 4
     view = _status_api(stack, batch_id)
-    assert view["status"] != state.DONEPROCESSING
+    assert view["status"] != BatchState.DONEPROCESSING
     assert view["completion"]["mode"] == "manifest" and view["completion"]["waiting_for"] == "4 listed files"
 
     order = sorted(files, key=lambda n: n.name, reverse=True)
@@ -78,19 +79,19 @@ def test_sealed_upload_out_of_order_completes_after_its_last_listed_file_and_sen
         publish(stack, note)
         wait_terminal(clients, bucket, note)
         doc = batch(clients, batch_id)
-        assert doc["status"] != state.DONEPROCESSING, f"complete after {index + 1} of 4 listed files"
+        assert doc["status"] != BatchState.DONEPROCESSING, f"complete after {index + 1} of 4 listed files"
         if index == 1:  # half the folder is in: a send without names must not take it
             sent = cli(stack, "send", "--json")
             assert batch_id not in json.loads(sent.stdout).get("queued", [])
             named = cli(stack, "send", batch_name, check=False)
             assert f"not ready: {batch_id} (PROCESSING, waiting for 2 listed files)" in named.stdout
-            assert batch(clients, batch_id)["status"] == state.PROCESSING
+            assert batch(clients, batch_id)["status"] == BatchState.PROCESSING
     waiting = _status_api(stack, batch_id)["completion"]
     assert waiting["waiting_for"] == "1 listed files" and waiting["received"] == 3
 
     publish(stack, order[-1])
     last = wait_terminal(clients, bucket, order[-1])
-    done = wait_status(clients, batch_id, {state.DONEPROCESSING})
+    done = wait_status(clients, batch_id, {BatchState.DONEPROCESSING})
     assert done["counts"]["total"] == 4 and done["counts"]["ANONYMIZED"] == 4
     assert done["completed_by"] == "manifest" and done["unlisted_files"] == 0
     assert done["finish_time"] >= last["finished_at"]
@@ -104,7 +105,7 @@ def test_listed_files_deleted_before_their_notifications_end_failed_with_the_rea
     bucket = settings.staging_bucket
     _study(tmp_path, batch_name, 4)
     seal, files = _upload_held(stack, tmp_path, batch_name, 4)
-    batch_id = state.batch_id(settings.secret_key, bucket, batch_name)
+    batch_id = naming.batch_id(settings.secret_key, bucket, batch_name)
     files.sort(key=lambda n: n.name)
     never, gone, kept = files[0], files[1], files[2:]
     staging = clients.storage.bucket(bucket)
@@ -118,10 +119,10 @@ def test_listed_files_deleted_before_their_notifications_end_failed_with_the_rea
         wait_terminal(clients, bucket, note)
     assert file_doc(clients, bucket, gone)["reason"] == "object no longer exists"
     done = wait_status(
-        clients, batch_id, {state.DONEPROCESSING}, timeout=settings.manifest_timeout_seconds + 90
+        clients, batch_id, {BatchState.DONEPROCESSING}, timeout=settings.manifest_timeout_seconds + 90
     )
     missing = file_doc(clients, bucket, never)
-    assert missing is not None and missing["state"] == state.FAILED
+    assert missing is not None and missing["state"] == FileState.FAILED
     assert missing["reason"] == completion.NEVER_RECEIVED
     assert done["counts"] == {
         "RECEIVED": 0,
@@ -143,8 +144,8 @@ def test_received_but_unlisted_object_is_processed_and_reported(
     bucket = settings.staging_bucket
     _study(tmp_path, batch_name, 2)
     cli(stack, "upload", "--quiet", str(tmp_path / batch_name))
-    batch_id = state.batch_id(settings.secret_key, bucket, batch_name)
-    first = wait_status(clients, batch_id, {state.DONEPROCESSING})
+    batch_id = naming.batch_id(settings.secret_key, bucket, batch_name)
+    first = wait_status(clients, batch_id, {BatchState.DONEPROCESSING})
     assert first["completed_by"] == "manifest" and first["unlisted_files"] == 0
     extra = tmp_path / "extra" / batch_name / "later"
     extra.mkdir(parents=True)
@@ -156,7 +157,9 @@ def test_received_but_unlisted_object_is_processed_and_reported(
 
     def reported() -> dict[str, Any] | None:
         doc = batch(clients, batch_id)
-        return doc if doc.get("status") == state.DONEPROCESSING and doc.get("unlisted_files") == 1 else None
+        return (
+            doc if doc.get("status") == BatchState.DONEPROCESSING and doc.get("unlisted_files") == 1 else None
+        )
 
     doc = wait_for(reported, 90, what="the unlisted file reported")
     assert doc["counts"]["total"] == 3 and doc["counts"]["ANONYMIZED"] == 3
@@ -170,7 +173,7 @@ def test_plain_gsutil_folder_completes_after_the_stable_age_and_a_file_during_th
     stable = 20  # this test's sweep: long enough that the second upload surely lands within the wait
     bucket = settings.staging_bucket
     upload = stack.stack_env()["SENDIT_UPLOAD_CMD"]
-    batch_id = state.batch_id(settings.secret_key, bucket, batch_name)
+    batch_id = naming.batch_id(settings.secret_key, bucket, batch_name)
     _study(tmp_path / "one", batch_name, 2)
     later = tmp_path / "two" / batch_name / "series_9"
     later.mkdir(parents=True)
@@ -181,7 +184,7 @@ def test_plain_gsutil_folder_completes_after_the_stable_age_and_a_file_during_th
         wait_for(lambda: batch_tally(clients, batch_id).terminal == 2, 60, what="two files terminal")
         first = batch_tally(clients, batch_id).last_arrival
         doc = batch(clients, batch_id)
-        assert doc["status"] == state.PROCESSING
+        assert doc["status"] == BatchState.PROCESSING
         view = _status_api(stack, batch_id)["completion"]
         assert view["mode"] == "stable" and view["waiting_for"].startswith("stable in ")
 
@@ -190,7 +193,7 @@ def test_plain_gsutil_folder_completes_after_the_stable_age_and_a_file_during_th
         second = batch_tally(clients, batch_id).last_arrival
         assert first is not None and second is not None and second > first
         assert "finish_time" not in batch(clients, batch_id)  # never completed before the third file
-        done = wait_status(clients, batch_id, {state.DONEPROCESSING}, timeout=stable + 60)
+        done = wait_status(clients, batch_id, {BatchState.DONEPROCESSING}, timeout=stable + 60)
     finally:
         stack.restart("function sweep", env={"SENDIT_STABLE_AGE_SECONDS": settings_env_stable(stack)})
     assert done["counts"]["total"] == 3 and done["completed_by"] == "stable"

@@ -9,10 +9,13 @@ from typing import Any
 
 import pydicom
 import pytest
-from dicom_factory import StudySpec, write_study
-from pipeline_helpers import batch_of, clean_objects, files_of, upload_tree, wait_batch, wait_for
+from support.dicom import StudySpec, write_study
+from support.pipeline import batch_of, clean_objects, files_of, upload_tree, wait_batch, wait_for
 
-from sendit import state
+from sendit import naming
+from sendit.store import batches, files
+from sendit.store.base import Store
+from sendit.store.vocabulary import BatchState, FileState
 
 pytestmark = pytest.mark.stack
 
@@ -23,7 +26,7 @@ def test_three_series_folder_via_gsutil_ends_doneprocessing(
     paths = write_study(tmp_path, StudySpec(series=3, instances=4), folder=batch_name)
     subprocess.run([stack.stack_env()["SENDIT_UPLOAD_CMD"], str(tmp_path / batch_name)], check=True)
     batch = batch_of(settings, batch_name)
-    doc = wait_batch(clients, batch, {state.DONEPROCESSING}, len(paths), timeout=90)
+    doc = wait_batch(clients, batch, {BatchState.DONEPROCESSING}, len(paths), timeout=90)
 
     assert doc["counts"] == {
         "RECEIVED": 0,
@@ -40,7 +43,7 @@ def test_three_series_folder_via_gsutil_ends_doneprocessing(
     assert doc["elapsed_seconds"] >= 0
 
     files = files_of(clients, batch)
-    assert len(files) == 12 and {f["state"] for f in files} == {state.ANONYMIZED}
+    assert len(files) == 12 and {f["state"] for f in files} == {FileState.ANONYMIZED}
     # consistent pseudonyms across files processed by concurrent deliveries
     assert len({f["ids"]["patient_id"] for f in files}) == 1
     assert len({f["ids"]["study_uid"] for f in files}) == 1
@@ -75,12 +78,12 @@ def _mixed_folder(root: Path) -> dict[str, tuple[str, str | None]]:
     (root / "truncated.dcm").write_bytes(whole[: len(whole) // 2])
     (root / "empty.dcm").write_bytes(b"")
     return {
-        "ct/series_1/IMG_0001.dcm": (state.ANONYMIZED, None),
-        "burned/series_1/IMG_0001.dcm": (state.SKIPPED, "burned-in annotation (BurnedInAnnotation=YES)"),
-        "us/series_1/IMG_0001.dcm": (state.SKIPPED, "modality US not allowed"),
-        "notes.txt": (state.FAILED, "not DICOM"),
-        "truncated.dcm": (state.FAILED, "truncated DICOM"),
-        "empty.dcm": (state.FAILED, "empty file"),
+        "ct/series_1/IMG_0001.dcm": (FileState.ANONYMIZED, None),
+        "burned/series_1/IMG_0001.dcm": (FileState.SKIPPED, "burned-in annotation (BurnedInAnnotation=YES)"),
+        "us/series_1/IMG_0001.dcm": (FileState.SKIPPED, "modality US not allowed"),
+        "notes.txt": (FileState.FAILED, "not DICOM"),
+        "truncated.dcm": (FileState.FAILED, "truncated DICOM"),
+        "empty.dcm": (FileState.FAILED, "empty file"),
     }
 
 
@@ -91,7 +94,7 @@ def test_mixed_folder_each_file_terminal_with_reason(
     names = upload_tree(clients, settings.staging_bucket, tmp_path / batch_name, prefix=f"{batch_name}/")
     assert len(names) == len(expected)
     batch = batch_of(settings, batch_name)
-    doc = wait_batch(clients, batch, {state.DONEPROCESSING}, len(expected))
+    doc = wait_batch(clients, batch, {BatchState.DONEPROCESSING}, len(expected))
 
     files = files_of(clients, batch)
     got = {f["object"][len(batch_name) + 1 :]: (f["state"], f.get("reason")) for f in files}
@@ -107,10 +110,10 @@ def test_mixed_folder_each_file_terminal_with_reason(
     assert doc["has_error"] is True
     by_key = {f["key"]: f for f in files}
     assert sorted(e["reason"] for e in doc["errors"]) == ["empty file", "not DICOM", "truncated DICOM"]
-    assert all(by_key[e["file"]]["state"] == state.FAILED for e in doc["errors"])
+    assert all(by_key[e["file"]]["state"] == FileState.FAILED for e in doc["errors"])
     # only the anonymized file reached the processing bucket
     assert len(clean_objects(clients, settings.processing_bucket, batch)) == 1
-    assert state.batch_counts(clients.firestore, batch) == doc["counts"]
+    assert batches.batch_counts(Store.of(clients.firestore), batch=batch) == doc["counts"]
 
 
 def test_only_filtered_files_make_an_empty_batch(
@@ -119,7 +122,7 @@ def test_only_filtered_files_make_an_empty_batch(
     write_study(tmp_path, StudySpec(instances=2, modality="US"), folder=batch_name)
     upload_tree(clients, settings.staging_bucket, tmp_path / batch_name, prefix=f"{batch_name}/")
     batch = batch_of(settings, batch_name)
-    doc = wait_batch(clients, batch, {state.EMPTY}, 2)
+    doc = wait_batch(clients, batch, {BatchState.EMPTY}, 2)
     assert doc["counts"]["SKIPPED"] == 2 and doc["has_error"] is False
     assert clean_objects(clients, settings.processing_bucket, batch) == []
 
@@ -158,8 +161,8 @@ def test_same_notification_three_times_gives_one_clean_file_and_one_state(
         clients.publisher.publish(topic, data, **attributes).result(timeout=10)
 
     batch = batch_of(settings, batch_name)
-    wait_batch(clients, batch, {state.DONEPROCESSING}, 1)
-    key = state.file_key(blob.bucket.name, blob.name, blob.generation)
+    wait_batch(clients, batch, {BatchState.DONEPROCESSING}, 1)
+    key = naming.file_key(blob.bucket.name, blob.name, blob.generation)
     log_path = stack.service("function anonymize").log_path
 
     def duplicates() -> int:
@@ -168,7 +171,7 @@ def test_same_notification_three_times_gives_one_clean_file_and_one_state(
 
     wait_for(lambda: duplicates() >= 3, 30, what="three duplicate deliveries acked")
     (doc,) = files_of(clients, batch)
-    assert doc["key"] == key and doc["state"] == state.ANONYMIZED and doc["attempts"] == 1
+    assert doc["key"] == key and doc["state"] == FileState.ANONYMIZED and doc["attempts"] == 1
     assert len(clean_objects(clients, settings.processing_bucket, batch)) == 1
 
 
@@ -179,17 +182,19 @@ def test_file_after_send_reopens_batch_and_is_reported_late(
     bucket = clients.storage.bucket(settings.staging_bucket)
     bucket.blob(f"{batch_name}/a.dcm").upload_from_filename(str(paths[0]))
     batch = batch_of(settings, batch_name)
-    wait_batch(clients, batch, {state.DONEPROCESSING}, 1)
+    wait_batch(clients, batch, {BatchState.DONEPROCESSING}, 1)
     # what a delivery leaves behind: files SENT, batch SENT
     db = clients.firestore
     (first,) = files_of(clients, batch)
-    db.collection(settings.files_collection).document(first["key"]).update({"state": state.SENT})
-    db.collection(settings.batches_collection).document(batch).update({"status": state.BATCH_SENT})
+    db.collection(settings.files_collection).document(first["key"]).update({"state": FileState.SENT})
+    db.collection(settings.batches_collection).document(batch).update({"status": BatchState.SENT})
 
     bucket.blob(f"{batch_name}/b.dcm").upload_from_filename(str(paths[1]))
-    doc = wait_batch(clients, batch, {state.DONEPROCESSING}, 2)
+    doc = wait_batch(clients, batch, {BatchState.DONEPROCESSING}, 2)
     assert doc["counts"]["SENT"] == 1 and doc["counts"]["ANONYMIZED"] == 1
     assert doc["late_files"] == 1 and doc.get("reopened_at") is not None
-    late = [f for f in files_of(clients, batch) if f["state"] == state.ANONYMIZED]
+    late = [f for f in files_of(clients, batch) if f["state"] == FileState.ANONYMIZED]
     assert len(late) == 1 and late[0]["late"] is True
-    assert [f["key"] for f in state.iter_files(db, batch, state=state.ANONYMIZED)] == [late[0]["key"]]
+    assert [
+        f["key"] for f in files.files_of_batch(Store.of(db), batch=batch, state=FileState.ANONYMIZED)
+    ] == [late[0]["key"]]

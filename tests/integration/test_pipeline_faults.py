@@ -11,19 +11,26 @@ import base64
 import contextlib
 import dataclasses
 import json
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_factory import StudySpec, write_study
 from google.api_core.exceptions import Conflict, ServiceUnavailable
-from pipeline_helpers import batch_of, clean_objects, files_of, wait_batch, wait_for
+from support.dicom import StudySpec, write_study
+from support.pipeline import batch_of, clean_objects, files_of, wait_batch
+from support.polling import wait_for
 
-from sendit import completion, process, state
-from sendit.events import PUBSUB_PUBLISHED, ObjectFinalized
-from sendit.runtime import Context
+from sendit import completion, naming
+from sendit.app.context import Context
+from sendit.errors import RetryableError
+from sendit.events import DEAD_LETTER_COUNT, PUBSUB_PUBLISHED, ObjectFinalized
+from sendit.stages import anonymize, dead_letter
+from sendit.store import batches, files
+from sendit.store.base import Store
+from sendit.store.vocabulary import BatchState, FileState
 
 pytestmark = pytest.mark.stack
 
@@ -60,21 +67,21 @@ def _put(ctx: Context, tmp_path: Path, folder: str, name: str = "x.dcm", **spec:
 
 
 def _batch(ctx: Context, folder: str) -> str:
-    return state.batch_id(ctx.settings.secret_key, DIRECT_BUCKET, folder)
+    return naming.batch_id(ctx.settings.secret_key, DIRECT_BUCKET, folder)
 
 
 def _settled(ctx: Context, batch: str, statuses: set[str]) -> dict[str, Any]:
     """Wait for the stack's sweep to settle a batch (stable age) and return its document."""
 
     def done() -> dict[str, Any] | None:
-        doc = state.get_batch(ctx, batch)
+        doc = batches.get_batch(ctx.store, batch=batch)
         return doc if doc and doc.get("status") in statuses else None
 
     return wait_for(done, 60, what=f"batch in {sorted(statuses)}")
 
 
 def _file(ctx: Context, obj: ObjectFinalized) -> dict[str, Any]:
-    doc = state.get_file(ctx, state.file_key(obj.bucket, obj.name, obj.generation))
+    doc = files.get_file(ctx.store, key=naming.file_key(obj.bucket, obj.name, obj.generation))
     assert doc is not None
     return doc
 
@@ -88,24 +95,24 @@ def test_crash_between_clean_write_and_record_leaves_one_file_and_one_state(
     def crash(*args: Any, **kwargs: Any) -> bool:
         raise Crash()
 
-    monkeypatch.setattr(state, "record_terminal", crash)
+    monkeypatch.setattr(files, "record_terminal", crash)
     with pytest.raises(Crash):
-        process.process_object(ctx, obj, lease_seconds=0)
+        anonymize.process_object(ctx, obj, lease_seconds=0)
     monkeypatch.undo()
     (written,) = clean_objects(ctx.clients, ctx.settings.processing_bucket, batch)
-    assert _file(ctx, obj)["state"] == state.RECEIVED
+    assert _file(ctx, obj)["state"] == FileState.RECEIVED
 
-    result = process.process_object(ctx, obj)  # the redelivery: lease expired, claimed again
-    assert result.claim == "claimed" and result.state == state.ANONYMIZED
+    result = anonymize.process_object(ctx, obj)  # the redelivery: lease expired, claimed again
+    assert result.claim == "claimed" and result.state == FileState.ANONYMIZED
     (again,) = clean_objects(ctx.clients, ctx.settings.processing_bucket, batch)
     assert again.name == written.name and again.md5_hash == written.md5_hash
     doc = _file(ctx, obj)
-    assert doc["state"] == state.ANONYMIZED and doc["attempts"] == 2
+    assert doc["state"] == FileState.ANONYMIZED and doc["attempts"] == 2
     assert doc["clean_uri"] == f"gs://{ctx.settings.processing_bucket}/{written.name}"
-    done = _settled(ctx, batch, {state.DONEPROCESSING})  # the sweep, once the batch is stable
-    assert done["counts"]["total"] == 1 and done["counts"][state.ANONYMIZED] == 1
+    done = _settled(ctx, batch, {BatchState.DONEPROCESSING})  # the sweep, once the batch is stable
+    assert done["counts"]["total"] == 1 and done["counts"][FileState.ANONYMIZED] == 1
 
-    assert process.process_object(ctx, obj).claim == "duplicate"
+    assert anonymize.process_object(ctx, obj).claim == "duplicate"
     assert len(files_of(ctx.clients, batch)) == 1
     assert len(clean_objects(ctx.clients, ctx.settings.processing_bucket, batch)) == 1
 
@@ -114,19 +121,19 @@ def test_held_lease_is_retryable_and_expired_lease_is_reclaimed(
     ctx: Context, batch_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     obj = _put(ctx, tmp_path, batch_name)
-    monkeypatch.setattr(state, "record_terminal", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    monkeypatch.setattr(files, "record_terminal", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
-        process.process_object(ctx, obj)  # default lease: still held afterwards
+        anonymize.process_object(ctx, obj)  # default lease: still held afterwards
     monkeypatch.undo()
 
-    with pytest.raises(process.RetryableError, match="lease held") as info:
-        process.process_object(ctx, obj)
+    with pytest.raises(RetryableError, match="lease held") as info:
+        anonymize.process_object(ctx, obj)
     assert batch_name not in str(info.value) and obj.name not in str(info.value)
     assert _file(ctx, obj)["attempts"] == 1
 
     later = datetime.now(UTC) + timedelta(seconds=ctx.settings.lease_seconds + 1)
-    result = process.process_object(ctx, obj, now=later)
-    assert result.state == state.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
+    result = anonymize.process_object(ctx, obj, now=later)
+    assert result.state == FileState.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
 
 
 def test_gives_up_after_max_attempts(
@@ -135,17 +142,17 @@ def test_gives_up_after_max_attempts(
     limited = Context(settings=dataclasses.replace(ctx.settings, max_attempts=2), clients=ctx.clients)
     limited._engine = ctx.engine
     obj = _put(ctx, tmp_path, batch_name)
-    monkeypatch.setattr(state, "record_terminal", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    monkeypatch.setattr(files, "record_terminal", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     for _ in range(2):
         with pytest.raises(Crash):
-            process.process_object(limited, obj, lease_seconds=0)
+            anonymize.process_object(limited, obj, lease_seconds=0)
     monkeypatch.undo()
 
-    result = process.process_object(limited, obj)
-    assert result.claim == "gave_up" and result.state == state.FAILED
+    result = anonymize.process_object(limited, obj)
+    assert result.claim == "gave_up" and result.state == FileState.FAILED
     doc = _file(ctx, obj)
-    assert doc["state"] == state.FAILED and doc["reason"] == "gave up after 2 attempts"
-    batch = _settled(ctx, _batch(ctx, batch_name), {state.EMPTY})
+    assert doc["state"] == FileState.FAILED and doc["reason"] == "gave up after 2 attempts"
+    batch = _settled(ctx, _batch(ctx, batch_name), {BatchState.EMPTY})
     assert batch["has_error"] is True
     assert batch["errors"][0]["reason"] == "gave up after 2 attempts"
 
@@ -153,8 +160,8 @@ def test_gives_up_after_max_attempts(
 def test_vanished_object_fails_with_reason(ctx: Context, batch_name: str, tmp_path: Path) -> None:
     obj = _put(ctx, tmp_path, batch_name)
     ctx.clients.storage.bucket(DIRECT_BUCKET).blob(obj.name).delete()
-    result = process.process_object(ctx, obj)  # returns normally: the message is acked
-    assert result.state == state.FAILED and result.reason == "object no longer exists"
+    result = anonymize.process_object(ctx, obj)  # returns normally: the message is acked
+    assert result.state == FileState.FAILED and result.reason == "object no longer exists"
     assert _file(ctx, obj)["reason"] == "object no longer exists"
 
 
@@ -166,19 +173,41 @@ def test_transient_error_is_retryable_without_phi_and_releases_the_claim(
     def unavailable(*args: Any, **kwargs: Any) -> int:
         raise ServiceUnavailable(f"GET gs://{DIRECT_BUCKET}/{obj.name}: 503")  # names the object, as GCS does
 
-    monkeypatch.setattr(process.storage, "download", unavailable)
-    with pytest.raises(process.RetryableError) as info:
-        process.process_object(ctx, obj)
+    monkeypatch.setattr(anonymize.storage, "download", unavailable)
+    with pytest.raises(RetryableError) as info:
+        anonymize.process_object(ctx, obj)
     monkeypatch.undo()
     message = str(info.value)
     assert "ServiceUnavailable" in message and "de-identify" in message
     assert batch_name not in message and obj.name not in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
     doc = _file(ctx, obj)
-    assert doc["state"] == state.RECEIVED and doc["lease_until"] <= datetime.now(UTC)
+    assert doc["state"] == FileState.RECEIVED and doc["lease_until"] <= datetime.now(UTC)
 
-    result = process.process_object(ctx, obj)  # the redelivery proceeds at once
-    assert result.state == state.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
+    result = anonymize.process_object(ctx, obj)  # the redelivery proceeds at once
+    assert result.state == FileState.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
+
+
+def test_identity_provider_unreachable_is_retried_and_releases_the_claim(
+    ctx: Context, batch_name: str, tmp_path: Path
+) -> None:
+    """IdentityError (the honest broker does not answer) is transient: retried, never a terminal state."""
+    with socket.socket() as sock:  # a port nobody listens on: connection refused, for real
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    broker_down = Context(
+        settings=dataclasses.replace(ctx.settings, identity_provider="http", identity_url=closed),
+        clients=ctx.clients,
+    )
+    obj = _put(ctx, tmp_path, batch_name)
+    with pytest.raises(RetryableError, match="transient error during de-identify: IdentityError") as info:
+        anonymize.process_object(broker_down, obj)
+    assert info.value.transient and batch_name not in str(info.value)
+    doc = _file(ctx, obj)
+    assert doc["state"] == FileState.RECEIVED and doc["lease_until"] <= datetime.now(UTC)
+
+    result = anonymize.process_object(ctx, obj)  # the redelivery, once the broker answers again
+    assert result.state == FileState.ANONYMIZED and _file(ctx, obj)["attempts"] == 2
 
 
 def _event(data: bytes, attributes: dict[str, str]) -> dict[str, Any]:
@@ -207,15 +236,18 @@ def test_events_that_are_not_staging_uploads_are_acked_and_ignored(ctx: Context,
         ("google.cloud.audit.log.v1.written", {}),
     ]
     for event_type, data in cases:
-        assert process.handle_event(ctx, event_type, data, "e") is None
-    assert state.get_batch(ctx, state.batch_id(ctx.settings.secret_key, staging, batch_name)) is None
+        assert anonymize.handle_event(ctx, event_type, data, "e") is None
+    assert (
+        batches.get_batch(ctx.store, batch=naming.batch_id(ctx.settings.secret_key, staging, batch_name))
+        is None
+    )
 
 
 def test_dead_letter_marks_file_failed_and_leaves_terminal_files_alone(
     ctx: Context, batch_name: str, tmp_path: Path
 ) -> None:
     done = _put(ctx, tmp_path, batch_name, "done.dcm")
-    assert process.process_object(ctx, done).state == state.ANONYMIZED
+    assert anonymize.process_object(ctx, done).state == FileState.ANONYMIZED
     lost = ObjectFinalized(DIRECT_BUCKET, f"{batch_name}/lost.dcm", "42", 10, None, "e")
     dead = dataclasses.replace(ctx.settings, staging_bucket=DIRECT_BUCKET)
     dctx = Context(settings=dead, clients=ctx.clients)
@@ -225,14 +257,14 @@ def test_dead_letter_marks_file_failed_and_leaves_terminal_files_alone(
             "bucketId": obj.bucket,
             "objectId": obj.name,
             "objectGeneration": obj.generation,
-            process.DEAD_LETTER_COUNT: "5",
+            DEAD_LETTER_COUNT: "5",
         }
         resource = json.dumps({"bucket": obj.bucket, "name": obj.name, "generation": obj.generation})
-        process.handle_dead_letter(dctx, PUBSUB_PUBLISHED, _event(resource.encode(), attributes), "d")
-    assert _file(ctx, done)["state"] == state.ANONYMIZED
+        dead_letter.handle_event(dctx, PUBSUB_PUBLISHED, _event(resource.encode(), attributes), "d")
+    assert _file(ctx, done)["state"] == FileState.ANONYMIZED
     failed = _file(ctx, lost)
-    assert failed["state"] == state.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
-    batch = _settled(ctx, _batch(ctx, batch_name), {state.DONEPROCESSING})
+    assert failed["state"] == FileState.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
+    batch = _settled(ctx, _batch(ctx, batch_name), {BatchState.DONEPROCESSING})
     assert batch["counts"]["FAILED"] == 1 and batch["counts"]["total"] == 2
     assert batch["has_error"] is True
 
@@ -244,7 +276,9 @@ def test_poison_notification_is_dead_lettered_and_recorded(
     name, generation = f"{batch_name}/stuck.dcm", "1700000000000001"
     obj = ObjectFinalized(settings.staging_bucket, name, generation, 0, None, "e")
     batch = batch_of(settings, batch_name)
-    claim = state.claim_file(clients.firestore, obj, batch, max_attempts=5, lease_seconds=3600)
+    claim = files.claim_file(
+        Store.of(clients.firestore), obj=obj, batch=batch, max_attempts=5, lease_seconds=3600
+    )
     assert claim.kind == "claimed"
     resource = json.dumps({"bucket": obj.bucket, "name": name, "generation": generation, "size": "0"})
     attributes = {
@@ -256,9 +290,9 @@ def test_poison_notification_is_dead_lettered_and_recorded(
     }
     topic = clients.topic_path(stack.topic("uploads"))
     clients.publisher.publish(topic, resource.encode(), **attributes).result(timeout=10)
-    doc = wait_batch(clients, batch, {state.EMPTY}, 1, timeout=90)
+    doc = wait_batch(clients, batch, {BatchState.EMPTY}, 1, timeout=90)
     (failed,) = files_of(clients, batch)
-    assert failed["state"] == state.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
+    assert failed["state"] == FileState.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
     assert doc["has_error"] is True
 
 
@@ -272,29 +306,26 @@ def test_duplicate_after_crash_before_finalize_corrects_stale_counts(
     first = _put(ctx, tmp_path / "a", batch_name, "a.dcm", study_index=11)
     second = _put(ctx, tmp_path / "b", batch_name, "b.dcm", study_index=12)
     batch = _batch(ctx, batch_name)
-    assert process.process_object(ctx, first).state == state.ANONYMIZED
+    assert anonymize.process_object(ctx, first).state == FileState.ANONYMIZED
 
     def crash(*args: Any, **kwargs: Any) -> str:
         raise Crash()
 
     monkeypatch.setattr(completion, "after_terminal", crash)
     with pytest.raises(Crash):
-        process.process_object(ctx, second)
+        anonymize.process_object(ctx, second)
     monkeypatch.undo()
-    assert _file(ctx, second)["state"] == state.ANONYMIZED
+    assert _file(ctx, second)["state"] == FileState.ANONYMIZED
     # What the racing completion left behind: done, but counting the first file only.
-    stale = {**state.batch_counts(ctx, batch), state.ANONYMIZED: 1, "total": 1}
-    state.store(ctx).batch_ref(batch).update({"status": state.DONEPROCESSING, "counts": stale})
+    stale = {**batches.batch_counts(ctx.store, batch=batch), FileState.ANONYMIZED: 1, "total": 1}
+    ctx.store.batch_ref(batch).update({"status": BatchState.DONEPROCESSING, "counts": stale})
 
-    assert process.process_object(ctx, second).claim == "duplicate"
-    healed = wait_for(
-        lambda: (
-            (d := state.get_batch(ctx, batch))
-            and d["status"] == state.DONEPROCESSING
-            and d["counts"][state.ANONYMIZED] == 2
-            and d
-        ),
-        60,
-        what="the batch settled again with both files",
-    )
-    assert healed["counts"]["total"] == 2
+    assert anonymize.process_object(ctx, second).claim == "duplicate"
+
+    def healed() -> dict[str, Any] | None:
+        doc = batches.get_batch(ctx.store, batch=batch) or {}
+        counts = doc.get("counts") or {}
+        done = doc.get("status") == BatchState.DONEPROCESSING and counts.get(FileState.ANONYMIZED) == 2
+        return doc if done else None
+
+    assert wait_for(healed, 60, what="the batch settled again with both files")["counts"]["total"] == 2

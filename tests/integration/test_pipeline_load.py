@@ -8,11 +8,11 @@ from io import BytesIO
 from typing import Any
 
 import pytest
-from dicom_factory import StudySpec, make_instance
-from pipeline_helpers import batch_of, files_of, wait_batch
+from support.dicom import StudySpec, make_instance
+from support.pipeline import batch_of, files_of, wait_batch
 
-from sendit import state
 from sendit.clients import Clients
+from sendit.store.vocabulary import BatchState, FileState
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -40,7 +40,7 @@ def test_many_files_with_concurrent_writers(stack: Any, clients: Any, settings: 
         list(pool.map(put, payloads))
 
     batch = batch_of(settings, batch_name)
-    doc = wait_batch(clients, batch, {state.DONEPROCESSING}, FILES, timeout=150)
+    doc = wait_batch(clients, batch, {BatchState.DONEPROCESSING}, FILES, timeout=150)
     assert doc["counts"]["ANONYMIZED"] == FILES and doc["has_error"] is False
     assert doc["study_uids"] == 1
     files = files_of(clients, batch)
@@ -49,5 +49,5 @@ def test_many_files_with_concurrent_writers(stack: Any, clients: Any, settings: 
     # redelivered, so every file was claimed exactly once. Asserted on state, not on the function log,
     # which may not have been written out yet when the batch turns DONEPROCESSING.
     assert {f["attempts"] for f in files} == {1}
-    assert {f["state"] for f in files} == {state.ANONYMIZED} and not [f for f in files if f.get("reason")]
+    assert {f["state"] for f in files} == {FileState.ANONYMIZED} and not [f for f in files if f.get("reason")]
     assert len({f["ids"]["instance_uid"] for f in files}) == FILES

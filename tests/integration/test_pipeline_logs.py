@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_factory import PLANTED, StudySpec, write_study
 from google.api_core.exceptions import Conflict
-from pipeline_helpers import batch_of, upload_tree, wait_batch
-from polling import wait_for
+from support.dicom import PLANTED, StudySpec, write_study
+from support.pipeline import batch_of, upload_tree, wait_batch
+from support.polling import wait_for
 
-from sendit import logs, process, state
+from sendit import logs
+from sendit.app.context import Context
 from sendit.events import ObjectFinalized
-from sendit.runtime import Context
+from sendit.stages import anonymize
+from sendit.store.vocabulary import BatchState, FileState
 
 pytestmark = pytest.mark.stack
 
@@ -43,7 +45,7 @@ def test_function_logs_hold_no_phi(
     (root / f"IMG_{PLANTED['accession']}.txt").write_text(PLANTED["patient_name"])
     upload_tree(clients, settings.staging_bucket, root, prefix=f"{batch_name}/")
     batch = batch_of(settings, batch_name)
-    wait_batch(clients, batch, {state.DONEPROCESSING}, 3)
+    wait_batch(clients, batch, {BatchState.DONEPROCESSING}, 3)
     log_path = stack.service(f"function {function}").log_path
 
     def entries() -> list[dict[str, Any]]:
@@ -88,9 +90,9 @@ def test_in_process_logs_hold_no_phi(
     # Production levels (sendit.logs.setup): INFO, third-party loggers quieter. At DEBUG the Google client
     # libraries log whole request payloads (object names included): never run them at DEBUG with PHI.
     with caplog.at_level(logging.INFO), caplog.at_level(logging.DEBUG, logger="sendit"):
-        results = [process.process_object(ctx, obj) for obj in objs]
-        results.append(process.process_object(ctx, objs[0]))  # duplicate
-    assert [r.state for r in results] == [state.ANONYMIZED, state.SKIPPED, state.ANONYMIZED]
+        results = [anonymize.process_object(ctx, obj) for obj in objs]
+        results.append(anonymize.process_object(ctx, objs[0]))  # duplicate
+    assert [r.state for r in results] == [FileState.ANONYMIZED, FileState.SKIPPED, FileState.ANONYMIZED]
     text = "\n".join(formatter.format(record) for record in caplog.records)
     assert "file_outcome" in text and "duplicate" in text
     assert _leaks(text) == [] and batch_name not in text

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from google.api_core.retry import Retry
 from google.cloud import bigquery, firestore, pubsub_v1
-from polling import wait_for
+from support.polling import wait_for
 
-from sendit.config import bigquery_schema, topology
+from sendit.resources import bigquery_schema, topology
 
 pytestmark = pytest.mark.stack
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_kit import Rel, batch_folder, pid_alive
+from support.reliability import Rel, batch_folder, pid_alive
 
+from sendit import naming
 from sendit.deid.engine import Engine
 from sendit.local import corpus
 
@@ -55,9 +56,9 @@ def test_every_bad_input_ends_in_one_terminal_state_and_the_rest_is_processed(
     docs = rel.wait_terminal(batch, len(items), timeout)
 
     assert len(docs) == len(items), "one document per uploaded object, no more"
-    assert {d["_key"] for d in docs} == set(by_key)
+    assert {d["key"] for d in docs} == set(by_key)
     for doc in docs:
-        name = by_key[doc["_key"]]
+        name = by_key[doc["key"]]
         case, expected = by_name[name], verdict[name]
         assert doc["state"] == expected.state, (case.key, doc["state"], doc.get("reason"))
         assert doc["state"] in case.expect, (case.key, doc["state"])
@@ -82,6 +83,4 @@ def test_every_bad_input_ends_in_one_terminal_state_and_the_rest_is_processed(
 
 
 def _key(rel: Rel, name: str, generation: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(f"{rel.staging}/{name}#{generation}".encode()).hexdigest()[:32]
+    return naming.file_key(rel.staging, name, generation)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_kit import Rel, batch_folder, pid_alive, wait_for
+from support.reliability import Rel, batch_folder, pid_alive, wait_for
 
 from sendit.local import corpus
 from sendit.local.samples import StudySpec
@@ -172,7 +172,7 @@ def test_worker_killed_mid_file_every_file_accounted_for_once(
     worker_killed: tuple[Rel, str, list[dict[str, Any]]],
 ) -> None:
     rel, batch, docs = worker_killed
-    assert len({d["_key"] for d in docs}) == len(docs)
+    assert len({d["key"] for d in docs}) == len(docs)
     assert all(
         d["state"] in ("ANONYMIZED", "FAILED") and (d["state"] != "FAILED" or d.get("reason")) for d in docs
     )
@@ -250,8 +250,9 @@ def test_firestore_outage_during_a_batch_is_retried_to_completion(rel: Rel, tmp_
 def test_concurrent_claims_of_one_file_have_exactly_one_winner(rel: Rel) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from sendit import state
     from sendit.events import ObjectFinalized
+    from sendit.store import files
+    from sendit.store.base import Store
 
     folder = batch_folder("race")
     batch = rel.batch_id(folder)
@@ -259,8 +260,8 @@ def test_concurrent_claims_of_one_file_have_exactly_one_winner(rel: Rel) -> None
     db = rel.clients.firestore
     threads = 16
 
-    def claim(now: datetime | None) -> state.Claim:
-        return state.claim_file(db, obj, batch, max_attempts=5, lease_seconds=60, now=now)
+    def claim(now: datetime | None) -> files.FileClaim:
+        return files.claim_file(Store.of(db), obj=obj, batch=batch, max_attempts=5, lease_seconds=60, now=now)
 
     def race(now: datetime | None) -> Counter[str]:
         barrier = threading.Barrier(threads)

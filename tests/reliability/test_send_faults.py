@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_kit import Rel, batch_folder, wait_for
-from reliability_kit import http as http_call
+from support.reliability import Rel, batch_folder, wait_for
+from support.reliability import http as http_call
 
 from sendit.local import corpus
 from sendit.local.samples import PLANTED, StudySpec

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from sendit.config import ConfigError, Settings, bigquery_schema, topology
+from sendit.config import ConfigError, Settings
+from sendit.resources import bigquery_schema, topology
 
 BASE = {
     "GOOGLE_CLOUD_PROJECT": "proj",

@@ -18,10 +18,10 @@ from sendit.manifest import (
     ManifestEntry,
     ManifestError,
     file_checksums,
-    folder_of,
     is_manifest,
     manifest_name,
 )
+from sendit.naming import batch_folder as folder_of  # the one definition of an object's folder
 
 # A folder named the way real ones are: after a patient and an accession number.
 FOLDER = "Zyxwort Quillane ACC99817263 Étude"

@@ -171,14 +171,16 @@ def decorated_entry_points() -> dict[str, str]:
 
 
 def required_env_vars() -> set[str]:
-    """The names Settings.from_env requires, read from config.py (``need("X")`` calls)."""
+    """The names Settings.from_env requires, read from config.py (``read.need("X")`` calls)."""
     tree = ast.parse((ROOT / "shared" / "sendit" / "config.py").read_text(encoding="utf-8"))
     names: set[str] = {
         node.args[0].value
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == "need"
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == "need")
+            or (isinstance(node.func, ast.Attribute) and node.func.attr == "need")
+        )
         and node.args
         and isinstance(node.args[0], ast.Constant)
         and isinstance(node.args[0].value, str)
@@ -290,7 +292,7 @@ def test_bigquery_dataset_and_table_come_from_topology_and_the_shared_schema() -
     assert match, table["schema"]
     schema_path = (TF / (match.group(1) + TOPOLOGY["bigquery"]["schema"])).resolve()
     assert schema_path == (ROOT / "shared" / "sendit" / "schema" / "dicom.json").resolve()
-    from sendit.config import bigquery_schema
+    from sendit.resources import bigquery_schema
 
     assert json.loads(schema_path.read_text(encoding="utf-8")) == bigquery_schema()
     # The partitioning field exists in the schema.

@@ -35,10 +35,11 @@ from pydicom.uid import (
 )
 
 from sendit.local.samples import PLANTED, StudySpec, make_instance
+from sendit.store.vocabulary import FileState
 
-ANONYMIZED = frozenset({"ANONYMIZED"})
-FAILED = frozenset({"FAILED"})
-SKIPPED = frozenset({"SKIPPED"})
+ANONYMIZED = frozenset({FileState.ANONYMIZED})
+FAILED = frozenset({FileState.FAILED})
+SKIPPED = frozenset({FileState.SKIPPED})
 REJECTED = FAILED | SKIPPED  # not delivered; which of the two is a matter of wording
 
 # Identifiers planted by this corpus in addition to samples.PLANTED (non-ASCII names, the huge file's).
@@ -230,6 +231,23 @@ def tiny_instance(index: int, spec: StudySpec | None = None) -> bytes:
 def cases(huge_mb: int = 0) -> list[Case]:
     """The corpus. ``huge_mb`` > 0 adds the streamed multi-frame file of that size."""
     valid = instance_bytes(_spec(909), 1, 1)
+    found = _broken(valid) + _accepted_or_filtered(valid)
+    if huge_mb > 0:
+        found.append(
+            Case(
+                "huge_multiframe",
+                "huge/multiframe.dcm",
+                ANONYMIZED,
+                None,
+                functools.partial(_write_huge, megabytes=huge_mb),
+                size_hint=huge_mb * 1024 * 1024,
+            )
+        )
+    return found
+
+
+def _broken(valid: bytes) -> list[Case]:
+    """Inputs that are not DICOM at all, and a valid file cut at every interesting offset."""
     meta_end = _meta_end(valid)
     pixel_start = valid.rfind(b"\xe0\x7f\x10\x00")
     truncations = {
@@ -250,7 +268,12 @@ def cases(huge_mb: int = 0) -> list[Case]:
     ]
     for key, offset in truncations.items():
         found.append(Case(key, f"truncated/{key}.dcm", FAILED, None, _bytes(valid[:offset])))
-    found += [
+    return found
+
+
+def _accepted_or_filtered(valid: bytes) -> list[Case]:
+    """Odd but readable inputs (syntaxes, character sets, names, VRs) and the filtered ones."""
+    return [
         Case("dicomdir", "DICOMDIR", REJECTED, None, _bytes(_dicomdir())),
         Case("no_preamble", "raw/no_preamble.dcm", ANONYMIZED, None, _bytes(_no_preamble())),
         Case("meta_no_preamble", "raw/meta_no_preamble.dcm", ANONYMIZED, None, _bytes(_meta_no_preamble())),
@@ -278,18 +301,6 @@ def cases(huge_mb: int = 0) -> list[Case]:
         Case("valid_2", "series_1/IMG_0002.dcm", ANONYMIZED, None, _bytes(instance_bytes(
             _spec(909), 1, 2))),
     ]  # fmt: skip
-    if huge_mb > 0:
-        found.append(
-            Case(
-                "huge_multiframe",
-                "huge/multiframe.dcm",
-                ANONYMIZED,
-                None,
-                functools.partial(_write_huge, megabytes=huge_mb),
-                size_hint=huge_mb * 1024 * 1024,
-            )
-        )
-    return found
 
 
 def huge_mb_from_env(default: int = 0) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 
 from sendit.local.samples import PLANTED, StudySpec, write_study
 from sendit.local.stack import LocalStack, StackError
+from sendit.store.vocabulary import BatchState
 
 # Identifiers in the demo's second synthetic patient and in the real sample files' headers.
 REAL_SAMPLE_IDENTIFIERS = [
@@ -204,15 +205,16 @@ def _run(stack: LocalStack, demo_dir: Path, began: float) -> int:
     stable_age = env["SENDIT_STABLE_AGE_SECONDS"]
     _say(f"4. waiting until every batch is complete (status API; stable age {stable_age} s)...")
     status_url, send_url = env["SENDIT_STATUS_URL"], env["SENDIT_SEND_URL"]
-    batches = _wait(status_url, len(folders), {"DONEPROCESSING", "EMPTY"}, "processing", timeout=180)
+    settled: set[str] = {BatchState.DONEPROCESSING, BatchState.EMPTY}
+    batches = _wait(status_url, len(folders), settled, "processing", timeout=180)
     _completions(batches, stable_age)
     _say("5. POST send (HTTP trigger): every complete batch...")
     code, body = _http("POST", send_url, {})
     _say(f"   {code}: {json.dumps(body)}")
     if code >= 400:
         raise RuntimeError(f"send answered {code}")
-    ready = [b for b in batches if b["status"] == "DONEPROCESSING"]
-    _wait(status_url, len(folders), {"SENT", "EMPTY"}, "delivering", timeout=180)
+    ready = [b for b in batches if b["status"] == BatchState.DONEPROCESSING]
+    _wait(status_url, len(folders), {BatchState.SENT, BatchState.EMPTY}, "delivering", timeout=180)
     return _report(stack, len(ready), began)
 
 
@@ -239,7 +241,7 @@ def _report(stack: LocalStack, sent_batches: int, began: float) -> int:
     for item in leaked:
         _say(f"   LEAK: {item}")
     ok = not leaked and len(rows) == len(blobs) and len(rows) > 0 and sent_batches > 0
-    _say(f"demo {'finished' if ok else 'FAILED'} in {time.monotonic() - began:.1f} s")
+    _say(f"demo {'finished' if ok else 'failed'} in {time.monotonic() - began:.1f} s")
     return 0 if ok else 1
 
 

@@ -69,6 +69,20 @@ def make_instance(spec: StudySpec, series_index: int, instance_index: int) -> Da
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = _uid(spec.study_index, series_index, 0)
+    _patient_and_study(ds, spec)
+    _image_plane(ds, spec, series_index, instance_index)
+    _nested_and_private(ds, spec, sop_class, series_index, study_uid)
+    _pixels(ds, spec, series_index, instance_index)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def _patient_and_study(ds: Dataset, spec: StudySpec) -> None:
     ds.PatientName = spec.patient_name
     ds.PatientID = spec.patient_id
     ds.OtherPatientIDs = PLANTED["other_patient_id"]
@@ -95,6 +109,9 @@ def make_instance(spec: StudySpec, series_index: int, instance_index: int) -> Da
     ds.StationName = PLANTED["station"]
     ds.Manufacturer = "ACME Medical"
     ds.ManufacturerModelName = "Scanner 9000"
+
+
+def _image_plane(ds: Dataset, spec: StudySpec, series_index: int, instance_index: int) -> None:
     ds.Modality = spec.modality
     ds.BodyPartExamined = "CHEST"
     ds.SeriesNumber = series_index
@@ -106,6 +123,10 @@ def make_instance(spec: StudySpec, series_index: int, instance_index: int) -> Da
     ds.PixelSpacing = [0.7, 0.7]
     ds.BurnedInAnnotation = "YES" if spec.burned_in else "NO"
 
+
+def _nested_and_private(
+    ds: Dataset, spec: StudySpec, sop_class: str, series_index: int, study_uid: str
+) -> None:
     # Nested sequences: a referenced image (UID must be remapped consistently) and a person name.
     ref = Dataset()
     ref.ReferencedSOPClassUID = sop_class
@@ -122,6 +143,8 @@ def make_instance(spec: StudySpec, series_index: int, instance_index: int) -> Da
     block.add_new(0x10, "LO", PLANTED["private_value"])
     block.add_new(0x11, "LO", spec.patient_id)
 
+
+def _pixels(ds: Dataset, spec: StudySpec, series_index: int, instance_index: int) -> None:
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = spec.rows
@@ -134,13 +157,6 @@ def make_instance(spec: StudySpec, series_index: int, instance_index: int) -> Da
     ds.RescaleSlope = 1
     rng = np.random.default_rng(spec.study_index * 1000 + series_index * 100 + instance_index)
     ds.PixelData = rng.integers(-1000, 2000, size=(spec.rows, spec.columns), dtype=np.int16).tobytes()
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    return ds
 
 
 def write_study(root: Path, spec: StudySpec, folder: str | None = None) -> list[Path]:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sendit.config import bigquery_schema, topology
 from sendit.local import emulators
 from sendit.local.emulators import Service, StackError, free_port, http_ok
+from sendit.resources import bigquery_schema, topology
 
 LOCAL_PROJECT = "sendit-local"
 # A development key for the local stack only; the cloud reads SENDIT_SECRET_KEY from Secret Manager.

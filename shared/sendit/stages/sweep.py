@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sendit import completion, state
+from sendit import completion
 from sendit.store import tally
 
 if TYPE_CHECKING:
-    from sendit.runtime import Context
+    from sendit.app.context import Context
 
 log = logging.getLogger(__name__)
 MAX_BATCHES = 1000  # open batches looked at per tick
@@ -64,8 +64,10 @@ def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> Swe
 def open_batches(ctx: Context) -> list[Any]:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    st = state.store(ctx)
-    query = st.db.collection(st.batches).where(filter=FieldFilter("status", "in", sorted(completion.OPEN)))
+    store = ctx.store
+    query = store.db.collection(store.batches).where(
+        filter=FieldFilter("status", "in", sorted(completion.OPEN))
+    )
     return list(query.limit(MAX_BATCHES).stream())
 
 
@@ -88,20 +90,14 @@ def sweep(ctx: Context) -> SweepResult:
 
 
 def sweep_batch(ctx: Context, snap: Any, result: SweepResult) -> str | None:
-    from sendit import send_queue
-
     batch, data = snap.id, snap.to_dict() or {}
-    ref = state.store(ctx).batch_ref(batch)
-    counts = tally.read(ref)
+    counts = tally.read(ctx.store, batch=batch)
     if _manifest_overdue(ctx, data):
         created = completion.fail_never_received(ctx, batch, data)
         if created:
             result.never_received += created
-            snap, counts = None, tally.read(ref)  # judged on fresh state
-    status = completion.evaluate(ctx, batch, snapshot=snap, counts=counts)
-    if status == state.DONEPROCESSING:
-        send_queue.auto_send(ctx, batch)
-    return status
+            snap, counts = None, tally.read(ctx.store, batch=batch)  # judged on fresh state
+    return completion.evaluate(ctx, batch, snapshot=snap, counts=counts)
 
 
 def _manifest_overdue(ctx: Context, data: dict[str, Any]) -> bool:

@@ -13,7 +13,10 @@ write per second per document is what Firestore sustains.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sendit.store.base import Store
 
 TALLY = "tally"
 DEFAULT_SHARDS = 16
@@ -24,14 +27,9 @@ def shard_of(key: str, shards: int) -> int:
     return int(key[:8], 16) % max(1, shards)
 
 
-def shards_setting(target: Any) -> int:
-    """S from a Context's settings (the default for a bare client or Store)."""
-    settings = getattr(target, "settings", None)
-    return int(getattr(settings, "tally_shards", DEFAULT_SHARDS) or DEFAULT_SHARDS)
-
-
-def shard_ref(batch_ref: Any, key: str, shards: int) -> Any:
-    return batch_ref.collection(TALLY).document(str(shard_of(key, shards)))
+def shard_ref(store: Store, *, batch: str, key: str, shards: int = DEFAULT_SHARDS) -> Any:
+    """The shard document a file counts in."""
+    return store.batch_ref(batch).collection(TALLY).document(str(shard_of(key, shards)))
 
 
 def count_received(write: Any, ref: Any, at: float) -> None:
@@ -76,11 +74,11 @@ class Tally:
         return max(0, self.received - self.terminal)
 
 
-def read(batch_ref: Any) -> Tally:
+def read(store: Store, *, batch: str) -> Tally:
     """Sum the batch's shard documents (one query of at most S small documents)."""
     received = terminal = 0
     last: float | None = None
-    for snap in batch_ref.collection(TALLY).stream():
+    for snap in store.batch_ref(batch).collection(TALLY).stream():
         data = snap.to_dict() or {}
         received += int(data.get("received") or 0)
         terminal += int(data.get("terminal") or 0)

@@ -1,0 +1,1 @@
+"""The `sendit` command (operators and researchers); not part of the deployed functions bundle."""

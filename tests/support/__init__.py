@@ -1,0 +1,1 @@
+"""What the tests share: synthetic DICOM, polling, helpers over ``sendit.naming`` and ``sendit.store``."""

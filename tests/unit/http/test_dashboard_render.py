@@ -1,0 +1,78 @@
+"""Status API routing and the dashboard HTML (pure functions: no emulator)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sendit.http import dashboard, status_api
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/", ("root", None)),
+        ("", ("root", None)),
+        ("/status", ("root", None)),
+        ("/batches", ("batches", None)),
+        ("/batches/", ("batches", None)),
+        ("/status/batches/abc123", ("batch", "abc123")),
+        ("/batches/abc123", ("batch", "abc123")),
+        ("/batches/a/b", ("missing", None)),
+        ("/favicon.ico", ("missing", None)),
+        ("/a/b", ("missing", None)),
+    ],
+)
+def test_routes(path: str, route: tuple[str, str | None]) -> None:
+    assert status_api._route(path) == route
+
+
+def _batch(**extra: object) -> dict[str, object]:
+    batch: dict[str, object] = {
+        "id": "0123abcd",
+        "status": "PROCESSING",
+        "counts": {"RECEIVED": 2, "ANONYMIZED": 5, "SKIPPED": 1, "FAILED": 2, "SENT": 0, "total": 10},
+        "has_error": True,
+        "errors": [{"file": "k1", "reason": "not DICOM"}, {"file": "k2", "reason": "<script>x</script>"}],
+        "size_bytes": 3 * 1024 * 1024,
+        "elapsed_seconds": 12.25,
+        "deliveries": [],
+    }
+    batch.update(extra)
+    return batch
+
+
+def test_dashboard_row_shows_progress_counts_and_errors() -> None:
+    page = dashboard.render_dashboard([_batch()], refresh=7)
+    assert '<meta http-equiv="refresh" content="7">' in page
+    assert '<a href="batches/0123abcd">0123abcd</a>' in page
+    assert 'aria-valuenow="80"' in page and "8/10" in page  # 8 of 10 files terminal
+    assert '<td class="num" data-state="FAILED">2</td>' in page
+    assert "3.0 MB" in page and "12.2 s" in page
+    assert "PROCESSING: 1" in page
+
+
+def test_dashboard_escapes_everything_and_can_stop_refreshing() -> None:
+    batch = _batch(id="<b>", status='"><img src=x>')
+    page = dashboard.render_dashboard([batch], refresh=0)
+    assert "<b>" not in page.split("<body>")[1] and "<img" not in page
+    assert "&lt;b&gt;" in page and "http-equiv" not in page and "auto-refresh off" in page
+
+
+def test_empty_dashboard_says_so() -> None:
+    assert "no batches yet" in dashboard.render_dashboard([])
+
+
+def test_batch_page_lists_files_errors_deliveries_and_next_page() -> None:
+    batch = _batch(
+        status="SENT",
+        deliveries=[{"at": "2026-01-02T03:04:05+00:00", "files": 5, "rows": 5, "objects": 5, "bytes": 2048}],
+        files=[
+            {"name": "aa11", "state": "SENT", "reason": None, "patient_id": "P1", "study_uid": "2.25.1"},
+            {"name": "bb22", "state": "FAILED", "reason": "not DICOM"},
+        ],
+        next_page_token="k9",
+    )
+    page = dashboard.render_batch(batch, refresh=5, page_size=2, state="FAILED")
+    assert "sendit batch 0123abcd" in page and "2026-01-02 03:04:05 UTC" in page and "2.0 KB" in page
+    assert ">aa11<" in page and ">P1<" in page and ">2.25.1<" in page and "&lt;script&gt;" in page
+    assert 'href="?page_token=k9&amp;page_size=2&amp;state=FAILED"' in page
