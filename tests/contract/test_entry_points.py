@@ -1,4 +1,4 @@
-"""The five entry points as the platform calls them: recorded CloudEvents and HTTP requests, through
+"""The six entry points as the platform calls them: recorded CloudEvents and HTTP requests, through
 functions-framework, on emulator state (``Platform`` in conftest.py).
 
 A CloudEvent function answers 2xx to ack (done, or permanently not for us) and 5xx to have Pub/Sub
@@ -170,3 +170,20 @@ def test_dead_letters_of_an_upload_and_of_a_delivery_are_recorded(
     reset = batch_doc(platform.clients, sending)
     assert reset["status"] == BatchState.DONEPROCESSING and reset["has_error"] is True
     assert reset["last_delivery_error"] == "delivery failed after 5 attempts; the batch can be sent again"
+
+
+def test_a_sweep_tick_settles_a_stable_batch_and_acks(
+    platform: Platform, tmp_path: Path, batch_name: str
+) -> None:
+    """The scheduler's tick, pushed to `sweep`: 2xx always (the next tick is the retry), and a batch quiet
+    for the stable age ends settled (by these ticks or the stack's own, which run the same code)."""
+    _anonymize(platform, platform.upload(tmp_path, batch_name))
+    batch = _batch(platform, batch_name)
+
+    def settled_by_a_tick() -> dict[str, Any] | None:
+        assert platform.event("sweep", "sweep_tick").status_code == 200
+        doc = batch_doc(platform.clients, batch)
+        return doc if doc.get("status") == BatchState.DONEPROCESSING else None
+
+    doc = wait_for(settled_by_a_tick, 60, 0.5, what="a tick to settle the batch")
+    assert doc["completed_by"] == "stable" and doc["counts"]["total"] == 1

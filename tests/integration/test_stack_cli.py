@@ -32,11 +32,20 @@ REQUIRED_KEYS = {
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process group still has a running member (a zombie is dead: it only awaits reaping by
+    the process that inherited it once `up` exited)."""
     try:
         os.killpg(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _env_file(path: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sendit import completion
+from sendit import completion, events
 from sendit.store import tally
 
 if TYPE_CHECKING:
@@ -38,9 +38,12 @@ class SweepResult:
 
 
 def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> SweepResult:
-    """The entry: the message's content does not matter (a tick)."""
+    """The entry: the message's content does not matter (a tick); other event types are acked."""
     began = time.monotonic()
     result = SweepResult()
+    if event_type != events.PUBSUB_PUBLISHED:
+        log.info("ignored: not a Pub/Sub tick", extra={"event_id": event_id})
+        return result
     try:
         result = sweep(ctx)
     except Exception as exc:  # the next tick retries
