@@ -25,6 +25,7 @@ locals {
     SENDIT_CLEANUP             = var.settings.cleanup
     SENDIT_MAX_ATTEMPTS        = tostring(local.topology.subscriptions.anonymize.max_delivery_attempts)
     SENDIT_LEASE_SECONDS       = tostring(var.settings.lease_seconds)
+    SENDIT_LOG_LEVEL           = var.log_level
     # Completion and the status API (docs/state.md).
     SENDIT_STABLE_AGE_SECONDS       = tostring(var.settings.stable_age_seconds)
     SENDIT_MANIFEST_TIMEOUT_SECONDS = tostring(var.settings.manifest_timeout_seconds)
@@ -39,6 +40,7 @@ locals {
     local.settings_env,
     var.settings.recipe == null ? {} : { SENDIT_RECIPE = var.settings.recipe },
     var.settings.identity_url == null ? {} : { SENDIT_IDENTITY_URL = var.settings.identity_url },
+    local.dicomweb_env, # healthcare.tf: the DICOM store as a delivery target (empty when off)
   )
 }
 

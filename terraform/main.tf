@@ -36,12 +36,13 @@ locals {
   project_number = data.google_project.project.number
   # Google-managed service agents that act on sendit's resources.
   service_agents = {
-    pubsub    = "service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-    storage   = data.google_storage_project_service_account.gcs.email_address
-    bigquery  = "bq-${local.project_number}@bigquery-encryption.iam.gserviceaccount.com"
-    firestore = "service-${local.project_number}@gcp-sa-firestore.iam.gserviceaccount.com"
-    secret    = "service-${local.project_number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
-    scheduler = "service-${local.project_number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+    pubsub     = "service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+    storage    = data.google_storage_project_service_account.gcs.email_address
+    bigquery   = "bq-${local.project_number}@bigquery-encryption.iam.gserviceaccount.com"
+    firestore  = "service-${local.project_number}@gcp-sa-firestore.iam.gserviceaccount.com"
+    secret     = "service-${local.project_number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
+    healthcare = "service-${local.project_number}@gcp-sa-healthcare.iam.gserviceaccount.com"
+    scheduler  = "service-${local.project_number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
   }
 
   apis = [

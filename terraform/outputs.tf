@@ -60,3 +60,23 @@ output "upload_command" {
   description = "How a researcher uploads one batch (one top-level folder = one batch)."
   value       = "gcloud storage cp --recursive LOCAL_FOLDER gs://${google_storage_bucket.identified["staging"].name}/"
 }
+
+output "log_metrics" {
+  description = "Log-based metrics of the alerts and the dashboard (metric types logging.googleapis.com/user/NAME), by key."
+  value       = { for key, m in google_logging_metric.metrics : key => m.name }
+}
+
+output "alert_policies" {
+  description = "Alert policy ids (failed files, dead letters, function errors); empty when alerts.enabled is false."
+  value       = { for key, p in google_monitoring_alert_policy.alerts : key => p.name }
+}
+
+output "notification_channels" {
+  description = "Notification channels every alert notifies: var.notification_channels plus the alert_email channel."
+  value       = local.notification_channels
+}
+
+output "dashboard" {
+  description = "Cloud Monitoring dashboard of files/s, failures and latencies (its id)."
+  value       = google_monitoring_dashboard.sendit.id
+}

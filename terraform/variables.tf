@@ -288,6 +288,8 @@ variable "encryption_keys" {
     pubsub    = optional(string)
     firestore = optional(string)
     secret    = optional(string)
+    # the Cloud Healthcare API dataset (healthcare.tf), when var.healthcare.enabled
+    healthcare = optional(string)
   })
   nullable = false
   default  = {}
@@ -318,4 +320,63 @@ variable "destination_versioning" {
   type        = bool
   nullable    = false
   default     = true
+}
+
+variable "log_level" {
+  description = "Log level of every function (SENDIT_LOG_LEVEL): DEBUG, INFO, WARNING, ERROR or CRITICAL. Third-party client libraries stay at WARNING or stricter whatever the level."
+  type        = string
+  nullable    = false
+  default     = "INFO"
+  validation {
+    condition     = contains(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], var.log_level)
+    error_message = "log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL."
+  }
+}
+
+variable "notification_channels" {
+  description = "Existing Cloud Monitoring notification channels (ids projects/P/notificationChannels/N) that every sendit alert notifies, on top of the alert_email channel."
+  type        = list(string)
+  nullable    = false
+  default     = []
+  validation {
+    condition     = alltrue([for c in var.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "notification_channels must be channel ids of the form projects/PROJECT/notificationChannels/ID."
+  }
+}
+
+variable "alert_email" {
+  description = "Address that gets the sendit alerts by email (an email notification channel is created for it). Empty: no email channel."
+  type        = string
+  nullable    = false
+  default     = ""
+  validation {
+    condition     = var.alert_email == "" || can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alert_email))
+    error_message = "alert_email must be empty or one email address."
+  }
+}
+
+variable "alerts" {
+  description = "Alert policies on the log-based metrics (docs/operations.md): enabled, the window they count over, how many events in it are tolerated before an alert fires (0: the first one fires), and when a quiet incident closes."
+  type = object({
+    enabled                   = optional(bool, true)
+    window_seconds            = optional(number, 300)
+    failed_files_threshold    = optional(number, 0)
+    dead_letters_threshold    = optional(number, 0)
+    function_errors_threshold = optional(number, 0)
+    auto_close_seconds        = optional(number, 86400)
+  })
+  nullable = false
+  default  = {}
+  validation {
+    condition     = var.alerts.window_seconds >= 60 && var.alerts.window_seconds <= 86400 && var.alerts.window_seconds % 60 == 0
+    error_message = "alerts.window_seconds must be a whole number of minutes between 60 and 86400."
+  }
+  validation {
+    condition     = min(var.alerts.failed_files_threshold, var.alerts.dead_letters_threshold, var.alerts.function_errors_threshold) >= 0
+    error_message = "Alert thresholds must be 0 or more."
+  }
+  validation {
+    condition     = var.alerts.auto_close_seconds >= 1800 && var.alerts.auto_close_seconds <= 604800
+    error_message = "alerts.auto_close_seconds must be between 1800 (30 min) and 604800 (7 days)."
+  }
 }

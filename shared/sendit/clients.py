@@ -95,16 +95,3 @@ class Clients:
 
     def topic_path(self, topic: str) -> str:
         return f"projects/{self.project}/topics/{topic}"
-
-
-_default: Clients | None = None
-_default_lock = threading.Lock()
-
-
-def default(project: str, firestore_database: str = "(default)") -> Clients:
-    """The per-instance client bundle (one per process; reused across requests)."""
-    global _default
-    with _default_lock:
-        if _default is None or _default.project != project:
-            _default = Clients(project=project, firestore_database=firestore_database)
-        return _default

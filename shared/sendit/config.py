@@ -7,9 +7,11 @@ Every value a function or the CLI needs comes from here. ``Settings.from_env()``
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from sendit.errors import ConfigError
 from sendit.resources import topology
@@ -24,6 +26,47 @@ def _flag(value: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError("expected true/false")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError("expected one of " + ", ".join(LOG_LEVELS))
+    return level
+
+
+DELIVERY_TARGETS = ("bucket", "dicomweb")
+DICOMWEB_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+_SECRET_VERSION = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
+
+
+def _targets(value: str) -> tuple[str, ...]:
+    targets = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",") if part.strip()))
+    if not targets or any(t not in DELIVERY_TARGETS for t in targets):
+        raise ValueError("expected bucket, dicomweb or bucket,dicomweb")
+    return targets
+
+
+def dicomweb_problems(url: str | None, secret: str | None) -> list[str]:
+    """What is wrong with a DICOMweb service root and its auth secret (never quoting either value)."""
+    if not url:
+        return []
+    parsed = urlsplit(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        return ["SENDIT_DICOMWEB_URL: expected an http(s) service root"]
+    problems = []
+    loopback = parsed.hostname in {"localhost", "127.0.0.1", "::1"}
+    if not loopback and parsed.scheme != "https":
+        problems.append("SENDIT_DICOMWEB_URL: a server off loopback must use https")
+    healthcare = parsed.hostname == "healthcare.googleapis.com"
+    if secret and not _SECRET_VERSION.match(secret):
+        problems.append("SENDIT_DICOMWEB_AUTH_SECRET: expected projects/P/secrets/S/versions/V")
+    if not loopback and not healthcare and not secret:
+        problems.append("SENDIT_DICOMWEB_AUTH_SECRET: required for a DICOMweb server off loopback")
+    return problems
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -110,8 +153,17 @@ class Settings:
     # duplicate run (outputs are deterministic, the terminal write is preconditioned).
     lease_seconds: int = 60
     firestore_database: str = "(default)"  # SENDIT_FIRESTORE_DATABASE
+    log_level: str = "INFO"  # SENDIT_LOG_LEVEL: DEBUG | INFO | WARNING | ERROR | CRITICAL (sendit.logs.setup)
     batches_collection: str = "batches"  # SENDIT_BATCHES_COLLECTION
     files_collection: str = "files"  # SENDIT_FILES_COLLECTION
+    # Delivery targets (SENDIT_DELIVERY_TARGETS: bucket | bucket,dicomweb | dicomweb) and the DICOMweb
+    # server: its service root (SENDIT_DICOMWEB_URL), the Secret Manager secret version holding
+    # "user:password" for HTTP basic auth (SENDIT_DICOMWEB_AUTH_SECRET; only for a server that is neither
+    # the Healthcare API nor loopback) and the largest STOW-RS request (SENDIT_DICOMWEB_MAX_REQUEST_BYTES).
+    delivery_targets: tuple[str, ...] = ("bucket",)
+    dicomweb_url: str | None = None
+    dicomweb_auth_secret: str | None = field(default=None, repr=False)
+    dicomweb_max_request_bytes: int = DICOMWEB_MAX_REQUEST_BYTES
     # Completion (docs/state.md): a batch without a manifest is complete once no file has arrived for
     # SENDIT_STABLE_AGE_SECONDS and none is in flight; a manifest-listed object not received within
     # SENDIT_MANIFEST_TIMEOUT_SECONDS of its manifest ends FAILED. SENDIT_TALLY_SHARDS: counter shards
@@ -126,62 +178,79 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_key: bool = True) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise ConfigError naming every problem."""
-        source = os.environ if env is None else env
-        read = _Reader(source)
-        project = read.need("GOOGLE_CLOUD_PROJECT")
-        staging = read.need("SENDIT_STAGING_BUCKET")
-        processing = read.need("SENDIT_PROCESSING_BUCKET")
-        destination = read.need("SENDIT_DESTINATION_BUCKET")
-        table = read.need("SENDIT_BIGQUERY_TABLE")
-        deliver_topic = read.need("SENDIT_DELIVER_TOPIC")
-        key = source.get("SENDIT_SECRET_KEY", "")
-        if require_key and len(key.strip()) < 16:
-            read.missing.append("SENDIT_SECRET_KEY (at least 16 characters)")
-        if table and table.count(".") != 2:
-            read.problems.append("SENDIT_BIGQUERY_TABLE: expected project.dataset.table")
-
-        identity = read.choice("SENDIT_IDENTITY_PROVIDER", "hmac", ("hmac", "http"))
-        identity_url = source.get("SENDIT_IDENTITY_URL") or None
-        if identity == "http" and not identity_url:
-            read.missing.append("SENDIT_IDENTITY_URL (required by SENDIT_IDENTITY_PROVIDER=http)")
-        layout = read.choice("SENDIT_DELIVERY_LAYOUT", "instance", ("instance", "tar"))
-        cleanup = read.choice("SENDIT_CLEANUP", "after-send", ("after-send", "never"))
-        shift = read.at_least("SENDIT_DATE_SHIFT_MAX_DAYS", 365, 1)
-        attempts = read.at_least("SENDIT_MAX_ATTEMPTS", 5, 1)
-        lease = read.at_least("SENDIT_LEASE_SECONDS", 60, 5)
-        pixel_cleaning = read.conv("SENDIT_PIXEL_CLEANING", False, _flag)
-        modalities = read.conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv)
-        completion = _completion_settings(read)
+        read = _Reader(os.environ if env is None else env)
+        values = {**_required(read, require_key), **_options(read), **_delivery(read), **_completion(read)}
         read.raise_if_any()
-
         return cls(
-            project=project,
-            staging_bucket=staging,
-            processing_bucket=processing,
-            destination_bucket=destination,
-            bigquery_table=table,
-            deliver_topic=deliver_topic,
-            secret_key=key.strip().encode("utf-8"),
-            collection=source.get("SENDIT_COLLECTION", "").strip() or "sendit",
-            recipe_path=source.get("SENDIT_RECIPE") or None,
-            allowed_modalities=modalities,
-            date_shift_max_days=shift,
-            identity_provider=identity,
-            identity_url=identity_url,
-            pixel_cleaning=pixel_cleaning,
-            delivery_layout=layout,
-            cleanup=cleanup,
-            max_attempts=attempts,
-            lease_seconds=lease,
-            firestore_database=source.get("SENDIT_FIRESTORE_DATABASE", "").strip() or "(default)",
+            **values,
             batches_collection=topology()["firestore"]["batches"],
             files_collection=topology()["firestore"]["files"],
-            **completion,
         )
 
 
-def _completion_settings(read: _Reader) -> dict[str, Any]:
-    """The completion, sweep, auto-send and status-name settings (problems collected by ``read``)."""
+def _required(read: _Reader, require_key: bool) -> dict[str, Any]:
+    """Where the pipeline's data lives, and the key (only the functions marked needs_key get it)."""
+    values = {
+        "project": read.need("GOOGLE_CLOUD_PROJECT"),
+        "staging_bucket": read.need("SENDIT_STAGING_BUCKET"),
+        "processing_bucket": read.need("SENDIT_PROCESSING_BUCKET"),
+        "destination_bucket": read.need("SENDIT_DESTINATION_BUCKET"),
+        "bigquery_table": read.need("SENDIT_BIGQUERY_TABLE"),
+        "deliver_topic": read.need("SENDIT_DELIVER_TOPIC"),
+    }
+    key = read.source.get("SENDIT_SECRET_KEY", "")
+    if require_key and len(key.strip()) < 16:
+        read.missing.append("SENDIT_SECRET_KEY (at least 16 characters)")
+    table = values["bigquery_table"]
+    if table and table.count(".") != 2:
+        read.problems.append("SENDIT_BIGQUERY_TABLE: expected project.dataset.table")
+    return {**values, "secret_key": key.strip().encode("utf-8")}
+
+
+def _options(read: _Reader) -> dict[str, Any]:
+    """De-identification, retries, layout, cleanup and logging: everything with a default."""
+    source = read.source
+    identity = read.choice("SENDIT_IDENTITY_PROVIDER", "hmac", ("hmac", "http"))
+    identity_url = source.get("SENDIT_IDENTITY_URL") or None
+    if identity == "http" and not identity_url:
+        read.missing.append("SENDIT_IDENTITY_URL (required by SENDIT_IDENTITY_PROVIDER=http)")
+    return {
+        "collection": source.get("SENDIT_COLLECTION", "").strip() or "sendit",
+        "recipe_path": source.get("SENDIT_RECIPE") or None,
+        "allowed_modalities": read.conv("SENDIT_ALLOWED_MODALITIES", ("CT", "MR"), _csv),
+        "date_shift_max_days": read.at_least("SENDIT_DATE_SHIFT_MAX_DAYS", 365, 1),
+        "identity_provider": identity,
+        "identity_url": identity_url,
+        "pixel_cleaning": read.conv("SENDIT_PIXEL_CLEANING", False, _flag),
+        "delivery_layout": read.choice("SENDIT_DELIVERY_LAYOUT", "instance", ("instance", "tar")),
+        "cleanup": read.choice("SENDIT_CLEANUP", "after-send", ("after-send", "never")),
+        "max_attempts": read.at_least("SENDIT_MAX_ATTEMPTS", 5, 1),
+        "lease_seconds": read.at_least("SENDIT_LEASE_SECONDS", 60, 5),
+        "firestore_database": source.get("SENDIT_FIRESTORE_DATABASE", "").strip() or "(default)",
+        "log_level": read.conv("SENDIT_LOG_LEVEL", "INFO", _log_level),
+    }
+
+
+def _delivery(read: _Reader) -> dict[str, Any]:
+    """The delivery targets and the DICOMweb server."""
+    targets = read.conv("SENDIT_DELIVERY_TARGETS", ("bucket",), _targets)
+    dicomweb_url = read.source.get("SENDIT_DICOMWEB_URL", "").strip().rstrip("/") or None
+    dicomweb_secret = read.source.get("SENDIT_DICOMWEB_AUTH_SECRET", "").strip() or None
+    if "dicomweb" in targets and not dicomweb_url:
+        read.missing.append("SENDIT_DICOMWEB_URL (required by SENDIT_DELIVERY_TARGETS=dicomweb)")
+    read.problems.extend(dicomweb_problems(dicomweb_url, dicomweb_secret))
+    return {
+        "delivery_targets": targets,
+        "dicomweb_url": dicomweb_url,
+        "dicomweb_auth_secret": dicomweb_secret,
+        "dicomweb_max_request_bytes": read.at_least(
+            "SENDIT_DICOMWEB_MAX_REQUEST_BYTES", DICOMWEB_MAX_REQUEST_BYTES, 64 * 1024
+        ),
+    }
+
+
+def _completion(read: _Reader) -> dict[str, Any]:
+    """The completion, sweep, auto-send and status-name settings (docs/state.md)."""
     return {
         "stable_age_seconds": read.between("SENDIT_STABLE_AGE_SECONDS", 60, 1, 86_400),
         "manifest_timeout_seconds": read.between("SENDIT_MANIFEST_TIMEOUT_SECONDS", 3600, 1, 7 * 86_400),

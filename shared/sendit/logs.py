@@ -56,14 +56,21 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def setup(level: int = logging.INFO) -> None:
-    """Route the root logger to stdout as JSON lines, replacing any plain-text handler (idempotent).
+def setup(level: int | str = logging.INFO) -> None:
+    """Route the root logger to stdout as JSON lines, replacing any plain-text handler; set ``level``.
 
-    functions-framework installs a plain handler on the root logger (and Flask logs request exceptions
-    with their full text through it); replacing it keeps every line JSON with a severity and keeps
-    exception messages, which may quote header values or object names, out of the logs.
+    Idempotent: a second call installs nothing and only applies ``level`` (a name such as ``"DEBUG"``, as
+    ``Settings.log_level`` holds it, or a ``logging`` number). functions-framework installs a plain
+    handler on the root logger (and Flask logs request exceptions with their full text through it);
+    replacing it keeps every line JSON with a severity and keeps exception messages, which may quote
+    header values or object names, out of the logs. Third-party loggers stay at WARNING whatever the
+    level: at DEBUG the Google client libraries log whole requests, object names included.
     """
     root = logging.getLogger()
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    # Third-party chatter that may echo payloads or header values stays quiet.
+    for noisy in ("deid", "urllib3", "google", "pydicom"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     if any(getattr(h, "_sendit", False) for h in root.handlers):
         return
     for handler in list(root.handlers):
@@ -72,14 +79,6 @@ def setup(level: int = logging.INFO) -> None:
     handler.setFormatter(JsonFormatter())
     handler._sendit = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(level)
-    # Third-party chatter that may echo payloads or header values stays quiet.
-    for noisy in ("deid", "urllib3", "google", "pydicom"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def get(name: str) -> logging.Logger:
-    return logging.getLogger(name)
 
 
 def digest(value: str | bytes, length: int = 12) -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sendit.local.stack import LocalStack, Ports, StackError
+from sendit.resources import topology
+from sendit.local.stack import LocalStack, Ports, StackError, stop_from_pids
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -24,6 +25,8 @@ REQUIRED_KEYS = {
     "SENDIT_STAGING_BUCKET",
     "SENDIT_DESTINATION_BUCKET",
     "SENDIT_BIGQUERY_TABLE",
+    "SENDIT_DICOMWEB_URL",
+    "SENDIT_ORTHANC_URL",
     "SENDIT_UPLOAD_TOPIC",
     "SENDIT_SEND_URL",
     "SENDIT_STATUS_URL",
@@ -61,18 +64,23 @@ def test_up_writes_env_and_down_leaves_nothing(tmp_path: Path) -> None:
 
     run = [sys.executable, "-m", "sendit.local"]
     up = subprocess.run([*run, "up", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert up.returncode == 0, up.stderr
-    env = _env_file(tmp_path / "stack.env")
-    assert set(env) >= REQUIRED_KEYS
-    assert env["SENDIT_BIGQUERY_TABLE"].count(".") == 2
-    pids = json.loads((tmp_path / "stack.pids").read_text())
-    from sendit.config import topology
-
-    # four emulators, one server per function, the scheduler that ticks the sweep
-    assert len(pids) == 4 + len(topology()["functions"]) + 1 and all(_alive(pid) for pid in pids.values())
-    assert env["SENDIT_STABLE_AGE_SECONDS"] == "3" and env["SENDIT_SWEEP_SECONDS"] == "1"
-    again = subprocess.run([*run, "up", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert again.returncode == 1 and "already running" in again.stderr
+    try:
+        assert up.returncode == 0, up.stderr
+        env = _env_file(tmp_path / "stack.env")
+        assert set(env) >= REQUIRED_KEYS
+        assert env["SENDIT_BIGQUERY_TABLE"].count(".") == 2
+        pids = json.loads((tmp_path / "stack.pids").read_text())
+        # four emulators, Orthanc, one server per function, the scheduler that ticks the sweep
+        assert len(pids) == 5 + len(topology()["functions"]) + 1 and all(_alive(pid) for pid in pids.values())
+        assert "orthanc" in pids and "scheduler" in pids
+        assert env["SENDIT_STABLE_AGE_SECONDS"] == "3" and env["SENDIT_SWEEP_SECONDS"] == "1"
+        again = subprocess.run(
+            [*run, "up", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+        )
+        assert again.returncode == 1 and "already running" in again.stderr
+    except BaseException:
+        stop_from_pids(tmp_path)  # a failed assertion must not leave the stack running
+        raise
     down = subprocess.run([*run, "down", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert down.returncode == 0
     assert not any(_alive(pid) for pid in pids.values())

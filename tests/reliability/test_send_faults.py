@@ -158,7 +158,7 @@ def test_bigquery_failing_once_during_deliver_adds_no_duplicate_and_leaks_no_nam
 
     # sending again is a no-op: no new rows, no new objects
     code, body = http_call("POST", rel.stack.function_url("send"), {"batches": [batch]})
-    assert code in (200, 202), code
+    assert code == 200 and json.loads(body)["already_sent"] == [batch], code
     wait_for(lambda: (rel.batch(batch) or {}).get("status") == "SENT", 60, 0.5, "batch SENT again")
     assert len(_rows(rel, batch)) == count
 

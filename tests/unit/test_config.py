@@ -168,3 +168,15 @@ def test_completion_settings_fail_fast_naming_the_variable(name: str, value: str
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**BASE, name: value})
     assert says in str(caught.value) and value not in str(caught.value).replace(says, "")
+def test_log_level_defaults_to_info_and_accepts_any_case() -> None:
+    assert Settings.from_env(BASE).log_level == "INFO"
+    assert Settings.from_env({**BASE, "SENDIT_LOG_LEVEL": " debug "}).log_level == "DEBUG"
+    assert Settings.from_env({**BASE, "SENDIT_LOG_LEVEL": "Error"}).log_level == "ERROR"
+
+
+def test_invalid_log_level_fails_fast_naming_the_variable_not_the_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, "SENDIT_LOG_LEVEL": "chatty-7734981"})
+    message = str(info.value)
+    assert "SENDIT_LOG_LEVEL" in message and "DEBUG, INFO, WARNING, ERROR, CRITICAL" in message
+    assert "7734981" not in message

@@ -83,6 +83,33 @@ def test_only_the_dispatch_module_imports_the_stages() -> None:
     assert not [t for t in stage_imports if t.startswith(("sendit.stages.", DISPATCH, "sendit.http"))]
 
 
+def test_store_functions_take_a_store_first_and_keywords_after() -> None:
+    checked = []
+    for path in sorted((LIBRARY / "store").glob("*.py")):
+        for node in _tree(path).body:
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                continue
+            params = [a.arg for a in node.args.posonlyargs + node.args.args]
+            if params[:1] == ["store"]:
+                checked.append(node.name)
+                assert params == ["store"], f"{path.name}:{node.name} takes {params[1:]} positionally"
+    assert {"claim_file", "settle_fields", "request_send", "public_files", "read"} <= set(checked)
+
+
+def test_http_statuses_are_chosen_at_the_http_edge_only() -> None:
+    """Only sendit.http (and the dispatch, for its types) knows Flask; no other module builds a response."""
+    edges = imports.graph()
+    for path in _library_files():
+        module = _module_name(path)
+        names = imports.imported_names(path, module, path.name == "__init__.py")
+        if any(n == "flask" or n.startswith("flask.") for n in names):
+            assert module.startswith("sendit.http") or module == DISPATCH, module
+    assert imports.importers(edges, "sendit.http.responses") <= {
+        "sendit.http.send_api",
+        "sendit.http.status_api",
+    }
+
+
 def test_each_class_is_defined_once() -> None:
     """One definition of each error class, claim, context...: no two library classes share a name."""
     where: dict[str, list[str]] = {}
@@ -97,13 +124,15 @@ def test_each_class_is_defined_once() -> None:
 
 def test_every_error_class_outside_the_engine_lives_in_errors() -> None:
     # Beside errors.py: the HTTP edge's BadRequest, the command-line side's own errors (remote's
-    # OperatorError; upload's UsageError and its private _Mismatch signal) and the local twin's StackError.
+    # OperatorError; upload's UsageError and its private _Mismatch signal), the local twin's StackError,
+    # and the DICOMweb client's hierarchy (its API; the deliver stage classifies it through is_transient).
     allowed = {
         LIBRARY / "errors.py",
         LIBRARY / "http" / "responses.py",
         LIBRARY / "cli" / "remote.py",
         LIBRARY / "upload.py",
         LIBRARY / "local" / "emulators.py",
+        LIBRARY / "dicomweb.py",
     }
     found = []
     for path in _library_files():

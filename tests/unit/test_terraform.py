@@ -580,3 +580,45 @@ def test_completion_settings_are_passed_and_validated() -> None:
     conditions = " ".join(v["condition"] for v in variables()["settings"]["validation"])
     for field in ("stable_age_seconds", "manifest_timeout_seconds", "tally_shards", "status_names"):
         assert f"var.settings.{field}" in conditions, field
+# ------------------------------------------------------------------------------------------- healthcare
+def test_healthcare_dicom_store_is_optional_and_only_deliver_may_edit_it() -> None:
+    hc = variables()["healthcare"]
+    assert hc["default"] == {} and "enabled = optional(bool, false)" in hc["type"].replace('"', "")
+    for type_ in ("google_healthcare_dataset", "google_healthcare_dicom_store"):
+        assert resource(type_, "sendit")["count"] == "${local.healthcare_count}"
+    grant = resource("google_healthcare_dicom_store_iam_member", "deliver")
+    assert grant["role"] == "roles/healthcare.dicomEditor"
+    assert grant["member"] == '${google_service_account.functions["deliver"].member}'
+    assert grant["dicom_store_id"] == "${google_healthcare_dicom_store.sendit[0].id}"
+    # No other healthcare role anywhere (the comment and the grant name the one role).
+    text = "\n".join(p.read_text() for p in TF.glob("*.tf"))
+    assert set(re.findall(r"roles/healthcare\.\w+", text)) == {"roles/healthcare.dicomEditor"}
+    assert len(blocks("resource", "google_healthcare_dicom_store_iam_member")) == 1
+    # The store's URL and the targets reach the functions' one environment.
+    assert "local.dicomweb_env" in locals_()["function_env"]
+    env = locals_()["dicomweb_env"]
+    assert "SENDIT_DICOMWEB_URL" in env and "SENDIT_DELIVERY_TARGETS" in env
+    assert "https://healthcare.googleapis.com/v1/" in locals_()["dicomweb_url"]
+    # CMEK like the other services: the dataset's encryption_spec from var.encryption_keys.healthcare.
+    dataset = resource("google_healthcare_dataset", "sendit")
+    assert "var.encryption_keys.healthcare" in json.dumps(dataset["dynamic"])
+    assert "healthcare" in variables()["encryption_keys"]["type"]
+
+
+@pytest.mark.parametrize("targets", ["bucket,dicomweb", "dicomweb"])
+def test_healthcare_targets_allowed_by_terraform_pass_settings(targets: str) -> None:
+    allowed = variables()["healthcare"]["validation"]
+    assert targets in json.dumps(allowed)
+    url = "https://healthcare.googleapis.com/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb"
+    env = {
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "SENDIT_STAGING_BUCKET": "a",
+        "SENDIT_PROCESSING_BUCKET": "b",
+        "SENDIT_DESTINATION_BUCKET": "c",
+        "SENDIT_BIGQUERY_TABLE": "p.d.t",
+        "SENDIT_DELIVER_TOPIC": "t",
+        "SENDIT_DICOMWEB_URL": url,
+        "SENDIT_DELIVERY_TARGETS": targets,
+    }
+    settings = Settings.from_env(env, require_key=False)
+    assert settings.delivery_targets == tuple(targets.split(",")) and settings.dicomweb_url == url

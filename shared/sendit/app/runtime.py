@@ -36,6 +36,7 @@ def context(function: str) -> Context:
                 logs.setup()
                 needs_key = bool(topology()["functions"][function].get("needs_key", True))
                 _context = Context.from_env(require_key=needs_key)
+                logs.setup(_context.settings.log_level)  # SENDIT_LOG_LEVEL
     return _context
 
 

@@ -36,18 +36,6 @@ def _columns() -> dict[str, dict[str, Any]]:
     return {field["name"]: field for field in bigquery_schema()}
 
 
-def column_names() -> list[str]:
-    """The table's columns, in schema order."""
-    return list(_columns())
-
-
-def schema_fields() -> list[bigquery.SchemaField]:
-    """The schema as ``SchemaField`` objects (for creating the table)."""
-    from google.cloud import bigquery
-
-    return [bigquery.SchemaField.from_api_repr(field) for field in bigquery_schema()]
-
-
 def _coerce(value: Any, field: Mapping[str, Any]) -> Any:
     """Bring a stored value into the JSON form ``insertAll`` accepts for the column's type."""
     kind = str(field.get("type", "STRING")).upper()

@@ -27,6 +27,7 @@ def up(workdir: Path) -> int:
     for service in stack.services:
         print(f"  {service.name:<22} pid {service.pid}")
     print(f"upload a folder:  {stack.stack_env()['SENDIT_UPLOAD_CMD']} FOLDER")
+    print(f"Orthanc Explorer: {stack.orthanc_url}/app/explorer.html")
     return 0
 
 

@@ -116,7 +116,10 @@ def _batches(status_url: str) -> list[dict[str, Any]]:
     return list(body.get("batches", []))
 
 
-def _wait(status_url: str, expected: int, done: set[str], what: str, timeout: float) -> list[dict[str, Any]]:
+def _wait(
+    status_url: str, expected: int, done: set[str], what: str, timeout: float, files: int = 0
+) -> list[dict[str, Any]]:
+    """Until ``expected`` batches are all in ``done`` (and, with ``files``, hold that many files in all)."""
     deadline = time.monotonic() + timeout
     last = ""
     batches: list[dict[str, Any]] = []
@@ -131,7 +134,8 @@ def _wait(status_url: str, expected: int, done: set[str], what: str, timeout: fl
         if line != last:
             _say(line)
             last = line
-        if len(batches) >= expected and all(b["status"] in done for b in batches):
+        counted = sum(int((b.get("counts") or {}).get("total", 0)) for b in batches)
+        if len(batches) >= expected and all(b["status"] in done for b in batches) and counted >= files:
             return batches
         time.sleep(0.5)
     raise TimeoutError(f"{what}: not finished after {timeout:.0f} s")
@@ -206,8 +210,13 @@ def _run(stack: LocalStack, demo_dir: Path, began: float) -> int:
     _say(f"4. waiting until every batch is complete (status API; stable age {stable_age} s)...")
     status_url, send_url = env["SENDIT_STATUS_URL"], env["SENDIT_SEND_URL"]
     settled: set[str] = {BatchState.DONEPROCESSING, BatchState.EMPTY}
+    # DONEPROCESSING means complete (sealed by its manifest, or stable): no count of the files uploaded is
+    # needed to know the upload is in; the count is checked afterwards, and a shortfall fails the demo.
     batches = _wait(status_url, len(folders), settled, "processing", timeout=180)
     _completions(batches, stable_age)
+    counted = sum(int((b.get("counts") or {}).get("total", 0)) for b in batches)
+    if counted != files:
+        raise RuntimeError(f"complete with {counted} of {files} uploaded files counted")
     _say("5. POST send (HTTP trigger): every complete batch...")
     code, body = _http("POST", send_url, {})
     _say(f"   {code}: {json.dumps(body)}")

