@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sendit.resources import topology
 from sendit.local.stack import LocalStack, Ports, StackError, stop_from_pids
+from sendit.resources import topology
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

@@ -168,6 +168,8 @@ def test_completion_settings_fail_fast_naming_the_variable(name: str, value: str
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**BASE, name: value})
     assert says in str(caught.value) and value not in str(caught.value).replace(says, "")
+
+
 def test_log_level_defaults_to_info_and_accepts_any_case() -> None:
     assert Settings.from_env(BASE).log_level == "INFO"
     assert Settings.from_env({**BASE, "SENDIT_LOG_LEVEL": " debug "}).log_level == "DEBUG"

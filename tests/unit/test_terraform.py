@@ -580,6 +580,8 @@ def test_completion_settings_are_passed_and_validated() -> None:
     conditions = " ".join(v["condition"] for v in variables()["settings"]["validation"])
     for field in ("stable_age_seconds", "manifest_timeout_seconds", "tally_shards", "status_names"):
         assert f"var.settings.{field}" in conditions, field
+
+
 # ------------------------------------------------------------------------------------------- healthcare
 def test_healthcare_dicom_store_is_optional_and_only_deliver_may_edit_it() -> None:
     hc = variables()["healthcare"]
