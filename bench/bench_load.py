@@ -30,7 +30,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-FUNCTIONS = ("anonymize", "deliver", "dead_letter", "send", "status")
+FUNCTIONS = ("anonymize", "deliver", "dead_letter", "sweep", "send", "status")
 TERMINAL = {"ANONYMIZED", "SKIPPED", "FAILED", "SENT"}
 
 

@@ -1,12 +1,14 @@
 """Files/s through the local stack and the pipeline's own overhead per file.
 
 For each batch size N: N small synthetic CT instances are uploaded by 8 concurrent writers into one
-staging folder; the clock runs from the first upload to the batch reaching DONEPROCESSING with N
-terminal files. From the anonymize function's log (one ``file_outcome`` line per file) it reports the
-time per file inside the engine (``engine_ms``) and outside it (``total_ms - engine_ms``: claim, batch
-read, download, upload, record, finalize check): our overhead.
+staging folder, then sealed with its manifest (``sendit-manifest.json`` as `sendit upload` writes it); the
+clock runs from the first upload to the batch reaching DONEPROCESSING with N terminal files. From the
+anonymize function's log (one ``file_outcome`` line per file) it reports the time per file inside the
+engine (``engine_ms``) and outside it (``total_ms - engine_ms``: claim + tally, batch read, download,
+upload, record + tally, completion check): our overhead, which must not grow with N. One function
+instance (one functions-framework server).
 
-    python -m bench pipeline            # N = 500 and 2000
+    python -m bench pipeline            # N = 500, 2000 and 10000
     SENDIT_BENCH_SIZES=200 python -m bench pipeline
 """
 
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 WRITERS = 8
-DEFAULT_SIZES = (500, 2000)
+DEFAULT_SIZES = (500, 2000, 10000)
+STEPS = ("claim_ms", "open_ms", "download_ms", "upload_ms", "record_ms", "completion_ms")
 
 
 def _payloads(folder: str, n: int) -> list[tuple[str, bytes]]:
@@ -40,19 +43,26 @@ def _payloads(folder: str, n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def _upload(project: str, bucket: str, payloads: list[tuple[str, bytes]]) -> float:
+def _upload(project: str, bucket: str, folder: str, payloads: list[tuple[str, bytes]]) -> float:
+    """Upload every payload, then the folder's manifest (the seal) as its last object."""
     from sendit.clients import Clients
+    from sendit.manifest import CONTENT_TYPE, Manifest, ManifestEntry
 
     local = threading.local()
 
-    def put(item: tuple[str, bytes]) -> None:
+    def put(item: tuple[str, bytes]) -> ManifestEntry:
         if not hasattr(local, "bucket"):
             local.bucket = Clients(project).storage.bucket(bucket)
-        local.bucket.blob(item[0]).upload_from_string(item[1], content_type="application/dicom")
+        blob = local.bucket.blob(item[0])
+        blob.upload_from_string(item[1], content_type="application/dicom")
+        return ManifestEntry(item[0], int(blob.size), str(blob.md5_hash), str(blob.generation))
 
     began = time.monotonic()
     with ThreadPoolExecutor(WRITERS) as pool:
-        list(pool.map(put, payloads))
+        entries = list(pool.map(put, payloads))
+    manifest = Manifest.build(folder, entries)
+    target = Clients(project).storage.bucket(bucket).blob(manifest.name)
+    target.upload_from_string(manifest.to_json(), content_type=CONTENT_TYPE)
     return time.monotonic() - began
 
 
@@ -94,20 +104,18 @@ def run(stack: Any, n: int) -> dict[str, Any]:
     batch = naming.batch_id(settings.secret_key, settings.staging_bucket, folder)
     payloads = _payloads(folder, n)
     began = time.monotonic()
-    upload_s = _upload(stack.project, settings.staging_bucket, payloads)
+    upload_s = _upload(stack.project, settings.staging_bucket, folder, payloads)
     doc = _wait(Clients(stack.project).firestore, batch, n, timeout=60 + n * 0.5)
     wall = time.monotonic() - began
     outcomes = _outcomes(stack.service("function anonymize").log_path, batch)
     total = [float(e["total_ms"]) for e in outcomes if "total_ms" in e]
     engine = [float(e.get("engine_ms", 0.0)) for e in outcomes if "total_ms" in e]
     overhead = [t - e for t, e in zip(total, engine, strict=True)]
-    parts = {
-        p: statistics.mean(float(e.get(p, 0.0)) for e in outcomes) if outcomes else 0.0
-        for p in ("claim_ms", "open_ms", "download_ms", "upload_ms", "record_ms", "finalize_ms")
-    }
+    parts = {p: statistics.mean(float(e.get(p, 0.0)) for e in outcomes) if outcomes else 0.0 for p in STEPS}
     return {
         "n": n,
         "anonymized": doc["counts"]["ANONYMIZED"],
+        "completed_by": doc.get("completed_by"),
         "upload_s": upload_s,
         "wall_s": wall,
         "files_per_s": n / wall,
@@ -153,7 +161,23 @@ def main() -> int:
             f"{'':>6} overhead mean {r['overhead_ms_mean']:.1f} ms: claim {r['claim_ms_mean']:.1f},"
             f" batch read {r['open_ms_mean']:.1f}, download {r['download_ms_mean']:.1f},"
             f" upload {r['upload_ms_mean']:.1f}, record {r['record_ms_mean']:.1f},"
-            f" finalize check {r['finalize_ms_mean']:.1f}"
+            f" completion check {r['completion_ms_mean']:.1f} (completed by {r['completed_by']})"
+        )
+    for r in results:  # what sendit itself does per file (Firestore: claim, batch read, record, completion)
+        r["own_ms"] = sum(r[f"{p}_mean"] for p in ("claim_ms", "open_ms", "record_ms", "completion_ms"))
+        r["gcs_ms"] = r["download_ms_mean"] + r["upload_ms_mean"]
+    print(
+        "sendit's own steps per file (claim + batch read + record + completion check) vs the GCS emulator's "
+        "(download + upload): "
+        + ", ".join(f"N={r['n']} {r['own_ms']:.1f} / {r['gcs_ms']:.1f} ms" for r in results)
+    )
+    if len(results) > 1:
+        base = results[0]["overhead_ms_mean"] or 1.0
+        print(
+            "overhead outside the engine relative to N="
+            + str(results[0]["n"])
+            + ": "
+            + ", ".join(f"N={r['n']} {r['overhead_ms_mean'] / base:.2f}x" for r in results)
         )
     failed = [r for r in results if r["anonymized"] != r["n"]]
     return 1 if failed else 0

@@ -27,6 +27,12 @@ def dead_letter(event: CloudEvent) -> None:
     runtime.dead_letter(event["type"], event.data, event["id"])
 
 
+@functions_framework.cloud_event
+def sweep(event: CloudEvent) -> None:
+    """A scheduler tick -> every open batch's completion is evaluated (stable age, overdue manifests)."""
+    runtime.sweep(event["type"], event.data, event["id"])
+
+
 @functions_framework.http
 def send(request: Request) -> Response:
     """POST: queue ready batches for delivery (202)."""

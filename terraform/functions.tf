@@ -1,6 +1,6 @@
 # The five Cloud Functions (2nd gen), all deployed from the one source archive (bundle.tf), each with its
 # own service account (iam.tf). Entry points and triggers come from topology.json:
-#   anonymize, deliver, dead_letter  CloudEvent functions, pushed to by their Pub/Sub subscription
+#   anonymize, deliver, dead_letter, sweep  CloudEvent functions, pushed to by their Pub/Sub subscription
 #                                    (pubsub.tf); ingress ALLOW_INTERNAL_ONLY (Pub/Sub push is internal).
 #   send, status                     HTTP functions; IAM-authenticated (operators only), ingress
 #                                    var.http_ingress (internal + optional HTTPS load balancer, never all).
@@ -27,6 +27,12 @@ locals {
     SENDIT_MAX_ATTEMPTS        = tostring(local.topology.subscriptions.anonymize.max_delivery_attempts)
     SENDIT_LEASE_SECONDS       = tostring(var.settings.lease_seconds)
     SENDIT_LOG_LEVEL           = var.log_level
+    # Completion and the status API (docs/state.md).
+    SENDIT_STABLE_AGE_SECONDS       = tostring(var.settings.stable_age_seconds)
+    SENDIT_MANIFEST_TIMEOUT_SECONDS = tostring(var.settings.manifest_timeout_seconds)
+    SENDIT_TALLY_SHARDS             = tostring(var.settings.tally_shards)
+    SENDIT_AUTO_SEND                = tostring(var.settings.auto_send)
+    SENDIT_STATUS_NAMES             = var.settings.status_names
     # functions-framework adds execution ids to JSON log lines; deid's own logger stays quiet.
     LOG_EXECUTION_ID = "true"
     MESSAGELEVEL     = "QUIET"

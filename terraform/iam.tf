@@ -27,12 +27,18 @@ locals {
     dead_letter = "roles/datastore.user"
     send        = "roles/datastore.user"
     status      = "roles/datastore.viewer"
+    sweep       = "roles/datastore.user" # completion: reads tallies, finalizes batches
   }
 
   # function -> topic it publishes to.
-  function_topic_roles = [
-    { function = "send", topic = "deliver", role = "roles/pubsub.publisher" },
-  ]
+  # With settings.auto_send a completed batch is queued by the function that completes it.
+  function_topic_roles = concat(
+    [{ function = "send", topic = "deliver", role = "roles/pubsub.publisher" }],
+    var.settings.auto_send ? [
+      { function = "anonymize", topic = "deliver", role = "roles/pubsub.publisher" },
+      { function = "sweep", topic = "deliver", role = "roles/pubsub.publisher" },
+    ] : [],
+  )
 
   # function -> role on the BigQuery table (streaming inserts need tables.updateData on the table only).
   function_table_roles = [

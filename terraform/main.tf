@@ -42,12 +42,14 @@ locals {
     firestore  = "service-${local.project_number}@gcp-sa-firestore.iam.gserviceaccount.com"
     secret     = "service-${local.project_number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
     healthcare = "service-${local.project_number}@gcp-sa-healthcare.iam.gserviceaccount.com"
+    scheduler  = "service-${local.project_number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
   }
 
   apis = [
     "artifactregistry.googleapis.com",
     "bigquery.googleapis.com",
     "cloudbuild.googleapis.com",
+    "cloudscheduler.googleapis.com",
     "cloudfunctions.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",

@@ -140,6 +140,13 @@ variable "settings" {
     delivery_layout     = optional(string, "instance")
     cleanup             = optional(string, "after-send")
     lease_seconds       = optional(number, 60)
+    # Completion (docs/state.md): stable age for uploads without a manifest, how long a manifest-listed
+    # object may take to arrive, tally shards per batch, auto-send, folder/object names in the status API.
+    stable_age_seconds       = optional(number, 60)
+    manifest_timeout_seconds = optional(number, 3600)
+    tally_shards             = optional(number, 16)
+    auto_send                = optional(bool, false)
+    status_names             = optional(string, "shown")
   })
   nullable = false
   default  = {}
@@ -165,6 +172,41 @@ variable "settings" {
     condition     = var.settings.lease_seconds >= 5 && var.settings.lease_seconds <= 120
     error_message = "settings.lease_seconds must be between 5 and 120 (shorter than the Pub/Sub retry window)."
   }
+  validation {
+    # The sweep runs every minute: a stable age below it only adds sweeps, one above a day holds uploads.
+    condition     = var.settings.stable_age_seconds >= 1 && var.settings.stable_age_seconds <= 86400 && floor(var.settings.stable_age_seconds) == var.settings.stable_age_seconds
+    error_message = "settings.stable_age_seconds must be a whole number between 1 and 86400."
+  }
+  validation {
+    condition     = var.settings.manifest_timeout_seconds >= 60 && var.settings.manifest_timeout_seconds <= 604800 && floor(var.settings.manifest_timeout_seconds) == var.settings.manifest_timeout_seconds
+    error_message = "settings.manifest_timeout_seconds must be a whole number between 60 and 604800 (7 days)."
+  }
+  validation {
+    condition     = var.settings.tally_shards >= 1 && var.settings.tally_shards <= 256 && floor(var.settings.tally_shards) == var.settings.tally_shards
+    error_message = "settings.tally_shards must be a whole number between 1 and 256."
+  }
+  validation {
+    condition     = contains(["shown", "hidden"], var.settings.status_names)
+    error_message = "settings.status_names must be shown or hidden."
+  }
+}
+
+variable "sweep_schedule" {
+  description = "Cron schedule (Cloud Scheduler, in sweep_time_zone) of the completion sweep: every open batch's stable age and manifest timeout are checked at each tick."
+  type        = string
+  nullable    = false
+  default     = "* * * * *"
+  validation {
+    condition     = length(split(" ", trimspace(var.sweep_schedule))) == 5
+    error_message = "sweep_schedule must be a five-field cron expression such as \"* * * * *\"."
+  }
+}
+
+variable "sweep_time_zone" {
+  description = "Time zone of sweep_schedule (an IANA name)."
+  type        = string
+  nullable    = false
+  default     = "Etc/UTC"
 }
 
 variable "storage" {

@@ -143,6 +143,12 @@ class _Reader:
             self.problems.append(f"{name}: must be at least {minimum}")
         return value
 
+    def between(self, name: str, default: int, low: int, high: int) -> int:
+        value = int(self.conv(name, default, int))
+        if not low <= value <= high:
+            self.problems.append(f"{name}: must be between {low} and {high}")
+        return value
+
     def raise_if_any(self) -> None:
         if self.missing or self.problems:
             parts = []
@@ -207,12 +213,22 @@ class Settings:
     identity_token: str = field(default="", repr=False)
     identity_timeout: float = 10.0
     identity_retries: int = 3
+    # Completion (docs/state.md): a batch without a manifest is complete once no file has arrived for
+    # SENDIT_STABLE_AGE_SECONDS and none is in flight; a manifest-listed object not received within
+    # SENDIT_MANIFEST_TIMEOUT_SECONDS of its manifest ends FAILED. SENDIT_TALLY_SHARDS: counter shards
+    # per batch; SENDIT_SWEEP_SECONDS: the local stack's sweep interval (the cloud: var.sweep_schedule).
+    stable_age_seconds: int = 60
+    manifest_timeout_seconds: int = 3600
+    tally_shards: int = 16
+    sweep_seconds: int = 60
+    auto_send: bool = False  # SENDIT_AUTO_SEND: queue a batch for delivery as soon as it is complete
+    status_names: str = "shown"  # SENDIT_STATUS_NAMES: shown | hidden (folder/object names in the status API)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_key: bool = True) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise ConfigError naming every problem."""
         read = _Reader(os.environ if env is None else env)
-        values = {**_required(read, require_key), **_options(read), **_delivery(read)}
+        values = {**_required(read, require_key), **_options(read), **_delivery(read), **_completion(read)}
         values.update(_metadata(read, values["bigquery_table"]))
         read.raise_if_any()
         return cls(
@@ -307,4 +323,16 @@ def _metadata(read: _Reader, image_table: str) -> dict[str, Any]:
         "identity_token": read.source.get("SENDIT_IDENTITY_TOKEN", "").strip(),
         "identity_timeout": timeout,
         "identity_retries": read.at_least("SENDIT_IDENTITY_RETRIES", 3, 0),
+    }
+
+
+def _completion(read: _Reader) -> dict[str, Any]:
+    """The completion, sweep, auto-send and status-name settings (docs/state.md)."""
+    return {
+        "stable_age_seconds": read.between("SENDIT_STABLE_AGE_SECONDS", 60, 1, 86_400),
+        "manifest_timeout_seconds": read.between("SENDIT_MANIFEST_TIMEOUT_SECONDS", 3600, 1, 7 * 86_400),
+        "tally_shards": read.between("SENDIT_TALLY_SHARDS", 16, 1, 256),
+        "sweep_seconds": read.between("SENDIT_SWEEP_SECONDS", 60, 1, 3600),
+        "auto_send": read.conv("SENDIT_AUTO_SEND", False, _flag),
+        "status_names": read.choice("SENDIT_STATUS_NAMES", "shown", ("shown", "hidden")),
     }

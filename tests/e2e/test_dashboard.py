@@ -90,7 +90,7 @@ def test_dashboard_shows_the_batch_moving_to_sent(
     assert page.startswith("sendit batches") and "auto-refresh every 5 s" in page
     row = row_text(dom, seeded.batch_id)
     # id, status, progress 5/5 terminal files, counts anonymized 4 skipped 0 failed 1 sent 0, error count 1
-    assert re.match(rf"{seeded.batch_id} DONEPROCESSING 5/5 4 0 1 0 ", row), row
+    assert re.match(rf"{seeded.batch_id} {batch_name} DONEPROCESSING 5/5 4 0 1 0 ", row), row
     assert row.endswith(" 1")
     assert '<meta http-equiv="refresh" content="5">' in dom
 
@@ -100,7 +100,7 @@ def test_dashboard_shows_the_batch_moving_to_sent(
 
     dom = dump_dom(chromium, profile, url)
     row = row_text(dom, seeded.batch_id)
-    assert re.match(rf"{seeded.batch_id} SENT 5/5 0 0 1 4 ", row), row
+    assert re.match(rf"{seeded.batch_id} {batch_name} SENT 5/5 0 0 1 4 ", row), row
     assert " UTC 4 1" in row  # sent at ..., 4 rows delivered, 1 error
 
     # The batch page, reached by the link on the overview: files with states and pseudonyms only.
@@ -113,7 +113,10 @@ def test_dashboard_shows_the_batch_moving_to_sent(
     sent = [f for f in kit.file_docs(ctx, seeded.batch_id) if f["state"] == "SENT"]
     for f in sent:
         assert f["name_hash"] in text and f["ids"]["instance_uid"] in text and f["ids"]["patient_id"] in text
-    for page_text in (visible_text(dom), text):
+    # Folder and object names for the staging-side operators, in their own cells and nowhere else.
+    assert seeded.folder in visible_text(dom) and "IMG_" in text
+    for page in (dom, detail):
+        page_text = visible_text(kit.without_name_cells(page))
         assert seeded.folder not in page_text and "IMG_" not in page_text and not kit.planted_in(page_text)
 
     shot = tmp_path / "dashboard.png"

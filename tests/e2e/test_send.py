@@ -131,7 +131,7 @@ def test_upload_process_send_deliver(stack: Any, ctx: Any, tmp_path: Path, batch
     assert staging == [f"{batch_name}/notes.txt"]
     processing = list(ctx.clients.storage.list_blobs(ctx.settings.processing_bucket, prefix=f"{batch_id}/"))
     assert processing == []
-    text = json.dumps(batch)
+    text = json.dumps(kit.without_names(batch))
     assert batch_name not in text and not kit.planted_in(text) and "notes.txt" not in text
 
     # Send twice: a no-op that says so; nothing new anywhere.
@@ -193,6 +193,7 @@ def test_send_without_body_queues_every_ready_batch(
         batch_name + "b",
         [StudySpec(study_index=random.randrange(10**9))],
         status="PROCESSING",
+        extra_files=[("RECEIVED", None)],  # one file still in flight: not complete
     )
     send_url = stack.function_url("send")
 
@@ -202,7 +203,9 @@ def test_send_without_body_queues_every_ready_batch(
     kit.wait_for(lambda: kit.batch_status(stack.function_url("status"), ready.batch_id) == "SENT", 60)
     code, body = kit.post(send_url, {"batches": [busy.batch_id, ready.batch_id, "nosuchbatch"]})
     assert code == 200
-    assert body["not_ready"] == [{"id": busy.batch_id, "status": "PROCESSING"}]
+    assert [(b["id"], b["status"], b["waiting_for"]) for b in body["not_ready"]] == [
+        (busy.batch_id, "PROCESSING", "1 files in flight")
+    ]
     assert body["already_sent"] == [ready.batch_id] and body["unknown"] == ["nosuchbatch"]
 
 
@@ -244,3 +247,25 @@ def _cli(env: dict[str, str], *args: str) -> str:
         check=True,
         timeout=60,
     ).stdout
+
+
+def test_force_sends_a_named_batch_before_it_is_complete(
+    stack: Any, ctx: Any, tmp_path: Path, batch_name: str
+) -> None:
+    busy = kit.seed_batch(
+        ctx,
+        tmp_path,
+        batch_name,
+        [StudySpec(study_index=random.randrange(10**9))],
+        status="PROCESSING",
+        extra_files=[("RECEIVED", None)],  # still in flight: a follow-up send would deliver it
+    )
+    send_url = stack.function_url("send")
+    code, body = kit.post(send_url, {"batches": [busy.batch_id]})
+    assert code == 200 and body["not_ready"][0]["waiting_for"] == "1 files in flight"
+    code, body = kit.post(send_url, {"batches": [busy.batch_id], "force": True})
+    assert code == 202 and body["queued"] == [busy.batch_id]
+    doc = kit.wait_for(lambda: (d := kit.batch_doc(ctx, busy.batch_id))["status"] == "SENT" and d, 60)
+    assert doc["completed_by"] == "force" and doc["deliveries"][0]["files"] == len(busy.anonymized)
+    states = sorted(f["state"] for f in kit.file_docs(ctx, busy.batch_id))
+    assert states.count("RECEIVED") == 1 and states.count("SENT") == len(busy.anonymized)

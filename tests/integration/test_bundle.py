@@ -304,7 +304,14 @@ def test_an_archive_without_a_needed_module_fails_the_check(tmp_path: Path, unpa
 # --------------------------------------------------------------------------------- served from the archive
 # What each entry point answers without any cloud service: the CloudEvent functions ack an event type they
 # do not handle (200: Pub/Sub must not redeliver it); the HTTP functions refuse the wrong method (405).
-FIRST_ANSWER = {"anonymize": 200, "deliver": 200, "dead_letter": 200, "send": 405, "status": 405}
+FIRST_ANSWER = {
+    "anonymize": 200,
+    "deliver": 200,
+    "dead_letter": 200,
+    "sweep": 200,
+    "send": 405,
+    "status": 405,
+}
 
 
 @pytest.mark.parametrize("key", sorted(TOPOLOGY["functions"]))

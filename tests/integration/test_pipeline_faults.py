@@ -21,8 +21,9 @@ import pytest
 from google.api_core.exceptions import Conflict, ServiceUnavailable
 from support.dicom import StudySpec, write_study
 from support.pipeline import batch_of, clean_objects, files_of, wait_batch
+from support.polling import wait_for
 
-from sendit import naming
+from sendit import completion, naming
 from sendit.app.context import Context
 from sendit.errors import RetryableError
 from sendit.events import DEAD_LETTER_COUNT, PUBSUB_PUBLISHED, ObjectFinalized
@@ -69,6 +70,16 @@ def _batch(ctx: Context, folder: str) -> str:
     return naming.batch_id(ctx.settings.secret_key, DIRECT_BUCKET, folder)
 
 
+def _settled(ctx: Context, batch: str, statuses: set[str]) -> dict[str, Any]:
+    """Wait for the stack's sweep to settle a batch (stable age) and return its document."""
+
+    def done() -> dict[str, Any] | None:
+        doc = batches.get_batch(ctx.store, batch=batch)
+        return doc if doc and doc.get("status") in statuses else None
+
+    return wait_for(done, 60, what=f"batch in {sorted(statuses)}")
+
+
 def _file(ctx: Context, obj: ObjectFinalized) -> dict[str, Any]:
     doc = files.get_file(ctx.store, key=naming.file_key(obj.bucket, obj.name, obj.generation))
     assert doc is not None
@@ -98,7 +109,8 @@ def test_crash_between_clean_write_and_record_leaves_one_file_and_one_state(
     doc = _file(ctx, obj)
     assert doc["state"] == FileState.ANONYMIZED and doc["attempts"] == 2
     assert doc["clean_uri"] == f"gs://{ctx.settings.processing_bucket}/{written.name}"
-    assert batches.get_batch(ctx.store, batch=batch)["status"] == BatchState.DONEPROCESSING
+    done = _settled(ctx, batch, {BatchState.DONEPROCESSING})  # the sweep, once the batch is stable
+    assert done["counts"]["total"] == 1 and done["counts"][FileState.ANONYMIZED] == 1
 
     assert anonymize.process_object(ctx, obj).claim == "duplicate"
     assert len(files_of(ctx.clients, batch)) == 1
@@ -140,8 +152,8 @@ def test_gives_up_after_max_attempts(
     assert result.claim == "gave_up" and result.state == FileState.FAILED
     doc = _file(ctx, obj)
     assert doc["state"] == FileState.FAILED and doc["reason"] == "gave up after 2 attempts"
-    batch = batches.get_batch(ctx.store, batch=_batch(ctx, batch_name))
-    assert batch["status"] == BatchState.EMPTY and batch["has_error"] is True
+    batch = _settled(ctx, _batch(ctx, batch_name), {BatchState.EMPTY})
+    assert batch["has_error"] is True
     assert batch["errors"][0]["reason"] == "gave up after 2 attempts"
 
 
@@ -252,8 +264,8 @@ def test_dead_letter_marks_file_failed_and_leaves_terminal_files_alone(
     assert _file(ctx, done)["state"] == FileState.ANONYMIZED
     failed = _file(ctx, lost)
     assert failed["state"] == FileState.FAILED and failed["reason"] == "dead-lettered after 5 deliveries"
-    batch = batches.get_batch(ctx.store, batch=_batch(ctx, batch_name))
-    assert batch["status"] == BatchState.DONEPROCESSING and batch["counts"]["FAILED"] == 1
+    batch = _settled(ctx, _batch(ctx, batch_name), {BatchState.DONEPROCESSING})
+    assert batch["counts"]["FAILED"] == 1 and batch["counts"]["total"] == 2
     assert batch["has_error"] is True
 
 
@@ -287,8 +299,10 @@ def test_poison_notification_is_dead_lettered_and_recorded(
 def test_duplicate_after_crash_before_finalize_corrects_stale_counts(
     ctx: Context, batch_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A racing finalize wrote DONEPROCESSING with the counts of all files but one, and the instance of
-    that last file died between its terminal write and its own finalize: the redelivery fixes the counts."""
+    """A racing completion wrote DONEPROCESSING with the counts of the first file only (the second was
+    claimed just after its pass), and the instance of the second died between its terminal write and its
+    completion check: the redelivery finds the counts off the tally, reopens the batch, and the sweep
+    settles it again with both files."""
     first = _put(ctx, tmp_path / "a", batch_name, "a.dcm", study_index=11)
     second = _put(ctx, tmp_path / "b", batch_name, "b.dcm", study_index=12)
     batch = _batch(ctx, batch_name)
@@ -297,19 +311,21 @@ def test_duplicate_after_crash_before_finalize_corrects_stale_counts(
     def crash(*args: Any, **kwargs: Any) -> str:
         raise Crash()
 
-    monkeypatch.setattr(batches, "finalize_batch", crash)
+    monkeypatch.setattr(completion, "after_terminal", crash)
     with pytest.raises(Crash):
         anonymize.process_object(ctx, second)
     monkeypatch.undo()
     assert _file(ctx, second)["state"] == FileState.ANONYMIZED
-    # What the racing finalize of the first file left behind: done, but counting one file.
-    ctx.store.batch_ref(batch).update(
-        {
-            "status": BatchState.DONEPROCESSING,
-            "counts": {**batches.batch_counts(ctx.store, batch=batch), FileState.ANONYMIZED: 1},
-        }
-    )
+    # What the racing completion left behind: done, but counting the first file only.
+    stale = {**batches.batch_counts(ctx.store, batch=batch), FileState.ANONYMIZED: 1, "total": 1}
+    ctx.store.batch_ref(batch).update({"status": BatchState.DONEPROCESSING, "counts": stale})
 
     assert anonymize.process_object(ctx, second).claim == "duplicate"
-    healed = batches.get_batch(ctx.store, batch=batch)
-    assert healed["status"] == BatchState.DONEPROCESSING and healed["counts"][FileState.ANONYMIZED] == 2
+
+    def healed() -> dict[str, Any] | None:
+        doc = batches.get_batch(ctx.store, batch=batch) or {}
+        counts = doc.get("counts") or {}
+        done = doc.get("status") == BatchState.DONEPROCESSING and counts.get(FileState.ANONYMIZED) == 2
+        return doc if done else None
+
+    assert wait_for(healed, 60, what="the batch settled again with both files")["counts"]["total"] == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sendit.local.stack import LocalStack, Ports, StackError, stop_from_pids
+from sendit.resources import topology
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -34,11 +35,20 @@ REQUIRED_KEYS = {
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process group still has a running member (a zombie is dead: it only awaits reaping by
+    the process that inherited it once `up` exited)."""
     try:
         os.killpg(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -60,8 +70,10 @@ def test_up_writes_env_and_down_leaves_nothing(tmp_path: Path) -> None:
         assert set(env) >= REQUIRED_KEYS
         assert env["SENDIT_BIGQUERY_TABLE"].count(".") == 2
         pids = json.loads((tmp_path / "stack.pids").read_text())
-        assert len(pids) == 10 and all(_alive(pid) for pid in pids.values())
-        assert "orthanc" in pids
+        # four emulators, Orthanc, one server per function, the scheduler that ticks the sweep
+        assert len(pids) == 5 + len(topology()["functions"]) + 1 and all(_alive(pid) for pid in pids.values())
+        assert "orthanc" in pids and "scheduler" in pids
+        assert env["SENDIT_STABLE_AGE_SECONDS"] == "3" and env["SENDIT_SWEEP_SECONDS"] == "1"
         again = subprocess.run(
             [*run, "up", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60
         )

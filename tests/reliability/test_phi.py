@@ -8,6 +8,8 @@ of the session, whatever the order of the tests: ``support.phi.scan``, called by
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 from support import phi
 from support.reliability import Rel, http
@@ -29,7 +31,8 @@ def test_http_errors_of_send_and_status_name_nothing(rel: Rel) -> None:
         http("GET", f"{status}/batches/{corpus.PLANTED['accession']}?page_token=%ZZ"),
         http("DELETE", f"{status}/batches"),
         http("GET", f"{status}/{corpus.PLANTED['patient_id']}/../../etc/passwd"),
+        http("GET", f"{status}/batches?folder={quote(folder, safe='')}"),  # an unknown folder
     ]
-    assert [code for code, _ in provoked] == [400, 400, 400, 405, 404, 400, 405, 404]
+    assert [code for code, _ in provoked] == [400, 400, 400, 405, 404, 400, 405, 404, 404]
     for code, body in provoked:
         assert not phi.leaks(body, corpus.planted_needles()), (code, "an error body echoes the request")

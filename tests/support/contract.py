@@ -75,7 +75,7 @@ class Uploaded:
 
 @dataclass
 class Platform:
-    """What Eventarc and an operator do: post events and requests to the five entry points."""
+    """What Eventarc and an operator do: post events and requests to the six entry points."""
 
     monkeypatch: pytest.MonkeyPatch
     project: str

@@ -52,7 +52,7 @@ def http(
     except urllib.error.HTTPError as exc:
         payload = exc.read()
         code = exc.code
-    phi.remember(f"HTTP {method} {code}", payload.decode("utf-8", "replace"))
+    phi.remember(f"HTTP {method} {code}", phi.names_removed(payload).decode("utf-8", "replace"))
     return code, payload
 
 

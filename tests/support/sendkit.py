@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import requests
 from google.cloud import bigquery
 
-from sendit import naming
+from sendit import completion, naming
 from sendit.app.context import Context
 from sendit.events import ObjectFinalized
 from sendit.store import batches, files
@@ -58,8 +58,10 @@ def seed_batch(
     """De-identify ``studies`` and leave them as the pipeline does. ``extra_files``: (state, reason).
 
     The documents are written by the store functions the anonymize function uses (claim, record the
-    terminal state, open and finalize the batch), so they follow docs/state.md by construction. A
-    ``status`` other than what finalizing gives (DONEPROCESSING, EMPTY) is set afterwards.
+    terminal state - each counted in the batch's tally -, open the batch) and the completion settles it
+    (``completion.evaluate(force=True)``: the seeded upload is complete by construction), so they follow
+    docs/state.md. A ``status`` other than what settling gives (DONEPROCESSING, EMPTY) is set afterwards.
+    An extra file in state RECEIVED is claimed only: it stays in flight.
     """
     settings = ctx.settings
     batch_id = naming.batch_id(settings.secret_key, settings.staging_bucket, folder)
@@ -78,7 +80,7 @@ def seed_batch(
         obj = _notification(ctx, f"{folder}/extra_{index}.bin", b"0123456789")
         seeded.files.append(_record(ctx, obj, batch_id, {"state": state, "reason": reason}))
     batches.open_batch(ctx.store, batch=batch_id, bucket=settings.staging_bucket, folder=folder)
-    finalized = batches.finalize_batch(ctx.store, batch=batch_id)
+    finalized = completion.evaluate(ctx, batch_id, force=True)
     if finalized != status:
         ctx.store.batch_ref(batch_id).update({"status": status})
     return seeded
@@ -108,7 +110,10 @@ def _clean_file(ctx: Context, batch_id: str, ids: dict[str, Any], data: bytes) -
 def _record(ctx: Context, obj: ObjectFinalized, batch_id: str, fields: dict[str, Any]) -> dict[str, Any]:
     claim = files.claim_file(ctx.store, obj=obj, batch=batch_id, max_attempts=5, lease_seconds=60)
     assert claim.kind == "claimed", claim
-    assert files.record_terminal(ctx.store, key=claim.key, fields=fields, update_time=claim.update_time)
+    if fields["state"] != FileState.RECEIVED:
+        assert files.record_terminal(
+            ctx.store, key=claim.key, fields=fields, update_time=claim.update_time, batch=batch_id
+        )
     doc = files.get_file(ctx.store, key=claim.key)
     assert doc is not None
     return doc
@@ -173,3 +178,20 @@ def post(url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any
 def batch_status(status_url: str, batch_id: str) -> str | None:
     code, body = get_json(f"{status_url}/batches/{batch_id}", params={"page_size": 1})
     return body.get("status") if code == 200 else None
+
+
+def without_names(view: Any) -> Any:
+    """A status API answer without its ``folder`` and ``object`` fields: the only places where staging
+    names may appear (and only with SENDIT_STATUS_NAMES=shown)."""
+    if isinstance(view, dict):
+        return {k: without_names(v) for k, v in view.items() if k not in {"folder", "object"}}
+    if isinstance(view, list):
+        return [without_names(v) for v in view]
+    return view
+
+
+def without_name_cells(page: str) -> str:
+    """A dashboard page without its folder and object cells (the names' only place in the HTML)."""
+    import re
+
+    return re.sub(r'<td class="(?:folder|object)">.*?</td>|<dt>folder</dt><dd>.*?</dd>', "", page)

@@ -123,6 +123,53 @@ def test_topology_and_schema_are_consistent() -> None:
     assert {"instance_uid", "batch_id", "uri", "header"} <= names
 
 
+def test_completion_settings_defaults_and_parsing() -> None:
+    s = Settings.from_env(BASE)
+    assert (s.stable_age_seconds, s.manifest_timeout_seconds, s.tally_shards, s.sweep_seconds) == (
+        60,
+        3600,
+        16,
+        60,
+    )
+    assert s.auto_send is False and s.status_names == "shown"
+    t = Settings.from_env(
+        {
+            **BASE,
+            "SENDIT_STABLE_AGE_SECONDS": "5",
+            "SENDIT_MANIFEST_TIMEOUT_SECONDS": "120",
+            "SENDIT_TALLY_SHARDS": "4",
+            "SENDIT_SWEEP_SECONDS": "2",
+            "SENDIT_AUTO_SEND": "true",
+            "SENDIT_STATUS_NAMES": "Hidden",
+        }
+    )
+    assert (t.stable_age_seconds, t.manifest_timeout_seconds, t.tally_shards, t.sweep_seconds) == (
+        5,
+        120,
+        4,
+        2,
+    )
+    assert t.auto_send is True and t.status_names == "hidden"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("SENDIT_STABLE_AGE_SECONDS", "0", "SENDIT_STABLE_AGE_SECONDS: must be between 1 and 86400"),
+        ("SENDIT_STABLE_AGE_SECONDS", "soon", "SENDIT_STABLE_AGE_SECONDS: expected a whole number"),
+        ("SENDIT_MANIFEST_TIMEOUT_SECONDS", "-1", "SENDIT_MANIFEST_TIMEOUT_SECONDS: must be between"),
+        ("SENDIT_TALLY_SHARDS", "1000", "SENDIT_TALLY_SHARDS: must be between 1 and 256"),
+        ("SENDIT_SWEEP_SECONDS", "0", "SENDIT_SWEEP_SECONDS: must be between 1 and 3600"),
+        ("SENDIT_AUTO_SEND", "sometimes", "SENDIT_AUTO_SEND: expected true/false"),
+        ("SENDIT_STATUS_NAMES", "partial", "SENDIT_STATUS_NAMES: expected shown or hidden"),
+    ],
+)
+def test_completion_settings_fail_fast_naming_the_variable(name: str, value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**BASE, name: value})
+    assert says in str(caught.value) and value not in str(caught.value).replace(says, "")
+
+
 def test_log_level_defaults_to_info_and_accepts_any_case() -> None:
     assert Settings.from_env(BASE).log_level == "INFO"
     assert Settings.from_env({**BASE, "SENDIT_LOG_LEVEL": " debug "}).log_level == "DEBUG"

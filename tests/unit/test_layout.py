@@ -93,7 +93,7 @@ def test_store_functions_take_a_store_first_and_keywords_after() -> None:
             if params[:1] == ["store"]:
                 checked.append(node.name)
                 assert params == ["store"], f"{path.name}:{node.name} takes {params[1:]} positionally"
-    assert {"claim_file", "finalize_batch", "request_send", "public_files"} <= set(checked)
+    assert {"claim_file", "settle_fields", "request_send", "public_files", "read"} <= set(checked)
 
 
 def test_http_statuses_are_chosen_at_the_http_edge_only() -> None:

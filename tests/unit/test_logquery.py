@@ -145,6 +145,7 @@ def test_every_terraform_metric_filter_is_in_the_subset_and_scoped_to_the_deploy
         "sendit-anonymize",
         "sendit-deliver",
         "sendit-dead-letter",
+        "sendit-sweep",
         "sendit-send",
         "sendit-status",
     }

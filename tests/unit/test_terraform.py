@@ -550,6 +550,38 @@ def test_cloudbuild_pipeline_shape() -> None:
     assert build["substitutions"]["_DEPLOY"] == "false"
 
 
+def test_the_sweep_is_ticked_by_cloud_scheduler_on_the_topology_topic() -> None:
+    assert TOPOLOGY["functions"]["sweep"]["topic"] == "sweep" and TOPOLOGY["topics"]["sweep"]
+    assert TOPOLOGY["subscriptions"]["sweep"] == {
+        "topic": "sweep",
+        "function": "sweep",
+        "max_delivery_attempts": 5,
+    }
+    job = resource("google_cloud_scheduler_job", "sweep")
+    assert job["schedule"] == "${var.sweep_schedule}"
+    target = first(job["pubsub_target"])
+    assert target["topic_name"] == '${google_pubsub_topic.topics["sweep"].id}'
+    assert first(job["retry_config"])["retry_count"] == 0  # the next tick is the retry
+    grant = resource("google_pubsub_topic_iam_member", "scheduler_publisher")
+    assert grant["role"] == "roles/pubsub.publisher" and "scheduler" in grant["member"]
+    assert variables()["sweep_schedule"]["default"] == "* * * * *"
+
+
+def test_completion_settings_are_passed_and_validated() -> None:
+    env = locals_()["settings_env"]
+    for name in (
+        "SENDIT_STABLE_AGE_SECONDS",
+        "SENDIT_MANIFEST_TIMEOUT_SECONDS",
+        "SENDIT_TALLY_SHARDS",
+        "SENDIT_AUTO_SEND",
+        "SENDIT_STATUS_NAMES",
+    ):
+        assert name in env, name
+    conditions = " ".join(v["condition"] for v in variables()["settings"]["validation"])
+    for field in ("stable_age_seconds", "manifest_timeout_seconds", "tally_shards", "status_names"):
+        assert f"var.settings.{field}" in conditions, field
+
+
 # ------------------------------------------------------------------------------------------- healthcare
 def test_healthcare_dicom_store_is_optional_and_only_deliver_may_edit_it() -> None:
     hc = variables()["healthcare"]

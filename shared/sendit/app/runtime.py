@@ -6,16 +6,19 @@ The context is built from the environment on first use and reused by every reque
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
 from sendit import logs
 from sendit.app.context import Context
 from sendit.resources import topology
+from sendit.store.vocabulary import BatchState
 
 if TYPE_CHECKING:
     from flask import Request, Response
 
+log = logging.getLogger("sendit.runtime")
 _context: Context | None = None
 _context_lock = threading.Lock()
 
@@ -40,7 +43,33 @@ def context(function: str) -> Context:
 def anonymize(event_type: str, data: Any, event_id: str) -> None:
     from sendit.stages import anonymize
 
-    anonymize.handle_event(context("anonymize"), event_type, data, event_id)
+    ctx = context("anonymize")
+    result = anonymize.handle_event(ctx, event_type, data, event_id)
+    if result is not None and result.batch_status == BatchState.DONEPROCESSING:
+        _auto_send(ctx, [result.batch_id])
+
+
+def sweep(event_type: str, data: Any, event_id: str) -> None:
+    from sendit.stages import sweep
+
+    ctx = context("sweep")
+    sweep.handle_event(ctx, event_type, data, event_id)
+    _auto_send(ctx, None)  # every complete batch: also those completed elsewhere, or not queued before
+
+
+def _auto_send(ctx: Context, batch_ids: list[str] | None) -> None:
+    """With SENDIT_AUTO_SEND=true, queue batches that are complete (the send stage; a no-op otherwise)."""
+    if not ctx.settings.auto_send:
+        return
+    from sendit.stages import send
+
+    try:
+        result = send.queue_batches(ctx, batch_ids)
+    except Exception as exc:  # never fail the file or the tick: the next tick, or `sendit send`, retries
+        log.error("auto-send failed", extra={"error": type(exc).__name__})
+        return
+    if result.queued:
+        log.info("auto-send", extra={"event": "auto_send", "queued": len(result.queued)})
 
 
 def deliver(event_type: str, data: Any, event_id: str) -> None:
@@ -60,11 +89,11 @@ def send(request: Request) -> Response:
     from sendit.stages import send
 
     ctx = context("send")
-    return send_api.handle(request, lambda named: send.queue_batches(ctx, named))
+    return send_api.handle(request, lambda named, force: send.queue_batches(ctx, named, force))
 
 
 def status(request: Request) -> Response:
     from sendit.http import status_api
 
     ctx = context("status")
-    return status_api.handle(request, lambda: ctx.store, ctx.settings.collection)
+    return status_api.handle(request, lambda: ctx.store, ctx.settings)

@@ -1,4 +1,6 @@
-"""Operator commands: `sendit status [--watch] [--json]`, `sendit send [BATCH...]`, `sendit metrics`.
+"""Operator commands: `sendit status [NAME|ID...] [--watch] [--json]`, `sendit send [NAME|ID...] [--force]`,
+`sendit metrics`. A batch is named by its id or by the staging folder it was uploaded as (resolved through
+the status API's ``GET /batches?folder=``).
 
 They talk to the `status` and `send` HTTP functions (URLs from ``--url`` or ``SENDIT_STATUS_URL`` /
 ``SENDIT_SEND_URL``). On the local stack that is plain HTTP; for an ``https`` URL (the cloud) each request
@@ -17,9 +19,11 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import requests
 
+from sendit import naming
 from sendit.store.vocabulary import SETTLED, TERMINAL, BatchState, FileState
 
 TIMEOUT = 60.0
@@ -107,6 +111,42 @@ def fetch_batches(status_url: str) -> list[dict[str, Any]]:
     return list(body.get("batches") or [])
 
 
+def _answer(code: int, body: Any) -> str:
+    message = body.get("error") if isinstance(body, dict) else None
+    return f"status API answered {code}" + (f": {message}" if message else "")
+
+
+def resolve(status_url: str, ref: str) -> list[dict[str, Any]]:
+    """The batches ``ref`` names: a batch id, else a staging folder name (``[]`` when neither)."""
+    if naming.is_token(ref):
+        code, body = request_json("GET", f"{status_url}/batches/{ref}?page_size=1")
+        if code == 200 and isinstance(body, dict):
+            return [body]
+        if code != 404:
+            raise OperatorError(_answer(code, body))
+    code, body = request_json("GET", f"{status_url}/batches?folder={quote(ref, safe='')}")
+    if code == 404:
+        return []
+    if code != 200 or not isinstance(body, dict):
+        raise OperatorError(_answer(code, body))
+    return list(body.get("batches") or [])
+
+
+def batch_files(status_url: str, batch_id: str) -> list[dict[str, Any]]:
+    """Every file of a batch, page by page."""
+    files: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        query = "page_size=1000" + (f"&page_token={token}" if token else "")
+        code, body = request_json("GET", f"{status_url}/batches/{batch_id}?{query}")
+        if code != 200 or not isinstance(body, dict):
+            raise OperatorError(_answer(code, body))
+        files += list(body.get("files") or [])
+        token = body.get("next_page_token") or ""
+        if not token:
+            return files
+
+
 # ------------------------------------------------------------------------------------------ status
 
 
@@ -125,19 +165,63 @@ def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
+def waiting(batch: dict[str, Any]) -> str:
+    reason = (batch.get("completion") or {}).get("waiting_for")
+    return f"  waiting for {reason}" if reason else ""
+
+
 def format_table(batches: list[dict[str, Any]]) -> str:
     if not batches:
         return "no batches\n"
-    lines = [f"{'BATCH':<18} {'STATUS':<15} {'PROGRESS':<{BAR_WIDTH + 2}} {'DONE':>11}  COUNTS"]
+    folders = any("folder" in b for b in batches)
+    head = f"{'BATCH':<18} " + (f"{'FOLDER':<20} " if folders else "")
+    lines = [head + f"{'STATUS':<15} {'PROGRESS':<{BAR_WIDTH + 2}} {'DONE':>11}  COUNTS"]
     for b in batches:
         done, total = progress(b)
         counts = b.get("counts") or {}
         text = " ".join(f"{k.lower()}={v}" for k, v in counts.items() if k != "total" and v)
         flag = f"  errors={len(b.get('errors') or [])}" if b.get("has_error") else ""
+        folder = f"{_cut(str(b.get('folder', '')), 20):<20} " if folders else ""
         lines.append(
-            f"{b['id']:<18} {b.get('status', ''):<15} {bar(done, total)} {done:>5}/{total:<5}  {text}{flag}"
+            f"{b['id']:<18} {folder}{b.get('status', ''):<15} {bar(done, total)} {done:>5}/{total:<5}"
+            f"  {text}{flag}{waiting(b)}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def format_batch(batch: dict[str, Any], files: list[dict[str, Any]]) -> str:
+    """One batch with every file: its object name (or hashed name), state and reason."""
+    lines = [f"batch {batch['id']}" + (f"  folder {batch['folder']}" if "folder" in batch else "")]
+    lines.append(f"status {batch.get('status', '')}{waiting(batch)}")
+    counts = batch.get("counts") or {}
+    lines.append("files " + " ".join(f"{k.lower()}={v}" for k, v in counts.items() if v) or "files none")
+    width = max([4, *(len(str(f.get("object") or f.get("name") or "")) for f in files)])
+    lines.append(f"{'FILE':<{width}}  {'STATE':<10}  REASON")
+    for f in sorted(files, key=lambda f: str(f.get("object") or f.get("name") or "")):
+        name = str(f.get("object") or f.get("name") or "")
+        lines.append(f"{name:<{width}}  {f.get('state') or ''!s:<10}  {f.get('reason') or ''}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def run_status_of(args: argparse.Namespace, url: str, out: TextIO) -> int:
+    """``sendit status NAME|ID...``: each named batch with its files; 1 if a name matches nothing."""
+    missing = 0
+    for ref in args.batches:
+        found = resolve(url, ref)
+        if not found:
+            missing += 1
+            out.write(f"no batch for {ref!r}\n")
+        for batch in found:
+            files = batch_files(url, batch["id"])
+            if args.json:
+                out.write(json.dumps({**batch, "files": files}, indent=1) + "\n")
+            else:
+                out.write(format_batch(batch, files))
+    return 1 if missing else 0
 
 
 def run_status(
@@ -145,6 +229,8 @@ def run_status(
 ) -> int:
     out = out or sys.stdout
     url = _url(args, "SENDIT_STATUS_URL")
+    if getattr(args, "batches", None):
+        return run_status_of(args, url, out)
     rounds = 0
     while True:
         batches = fetch_batches(url)
@@ -171,8 +257,16 @@ def run_status(
 def run_send(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     url = _url(args, "SENDIT_SEND_URL")
-    body = {"batches": list(args.batches)} if args.batches else None
+    ids, unresolved = _batch_ids(args)
+    if args.batches and not ids:
+        out.write(f"unknown: {' '.join(unresolved)}\n")
+        return 1
+    body: dict[str, Any] | None = {"batches": ids} if ids else None
+    if body is not None and args.force:
+        body["force"] = True
     code, payload = request_json("POST", url, body)
+    if isinstance(payload, dict) and unresolved:
+        payload.setdefault("unknown", []).extend(unresolved)
     if args.json or not isinstance(payload, dict):
         out.write(json.dumps(payload, indent=1) + "\n")
     elif code >= 400:
@@ -182,10 +276,29 @@ def run_send(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if payload.get(key):
                 out.write(f"{key.replace('_', ' ')}: {' '.join(payload[key])}\n")
         for item in payload.get("not_ready") or []:
-            out.write(f"not ready: {item['id']} ({item['status']})\n")
+            why = f", waiting for {item['waiting_for']}" if item.get("waiting_for") else ""
+            out.write(f"not ready: {item['id']} ({item['status']}{why})\n")
         if not any(payload.get(k) for k in payload):
-            out.write("nothing to send: no batch is DONEPROCESSING\n")
+            out.write("nothing to send: no batch is complete (DONEPROCESSING)\n")
     return 0 if code < 400 else 1
+
+
+def _batch_ids(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Batch ids for the names given (ids as they are, folder names via the status API)."""
+    if not args.batches:
+        return [], []
+    status_url = (args.status_url or os.environ.get("SENDIT_STATUS_URL") or "").rstrip("/")
+    ids: list[str] = []
+    unresolved: list[str] = []
+    for ref in args.batches:
+        if not status_url:
+            ids.append(ref)  # no status API to ask: the send API judges the id
+            continue
+        found = resolve(status_url, ref)
+        ids += [b["id"] for b in found]
+        if not found:
+            unresolved.append(ref)
+    return list(dict.fromkeys(ids)), unresolved
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -289,6 +402,12 @@ def format_volume(report: dict[str, Any], fmt: str) -> str:
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "status":
+        parser.add_argument(
+            "batches",
+            nargs="*",
+            metavar="NAME|ID",
+            help="batches (folder names or ids) to show with their files",
+        )
         parser.add_argument("--url", help="status function URL (default: $SENDIT_STATUS_URL)")
         parser.add_argument("--json", action="store_true", help="print the status API's JSON")
         parser.add_argument("--watch", action="store_true", help="repeat until every batch settled")
@@ -296,9 +415,18 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--max-rounds", type=int, default=0, help=argparse.SUPPRESS)
     elif name == "send":
         parser.add_argument(
-            "batches", nargs="*", metavar="BATCH", help="batch ids (default: every ready batch)"
+            "batches",
+            nargs="*",
+            metavar="NAME|ID",
+            help="folder names or batch ids (default: every complete batch)",
         )
         parser.add_argument("--url", help="send function URL (default: $SENDIT_SEND_URL)")
+        parser.add_argument(
+            "--status-url", help="status function URL, to resolve folder names (default: $SENDIT_STATUS_URL)"
+        )
+        parser.add_argument(
+            "--force", action="store_true", help="send named batches even if not complete yet"
+        )
         parser.add_argument("--json", action="store_true", help="print the send API's JSON answer")
     elif name == "metrics":
         parser.add_argument("--url", help="status function URL (default: $SENDIT_STATUS_URL)")

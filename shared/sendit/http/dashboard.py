@@ -1,7 +1,9 @@
 """The status dashboard: the batch overview and one batch's page, as self-contained HTML.
 
-The pages carry only what the status API's JSON carries (ids, pseudonyms, states, counts, reasons); every
-value is escaped. The stylesheet is ``static/dashboard.css``, inlined (the CSP allows no other source).
+The pages carry only what the status API's JSON carries (ids, pseudonyms, states, counts, reasons, why an
+open batch is not complete yet, and - unless SENDIT_STATUS_NAMES=hidden - folder and object names, in their
+own ``folder``/``object`` cells); every value is escaped. The stylesheet is ``static/dashboard.css``,
+inlined (the CSP allows no other source).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
     by_status = {s: sum(1 for b in batches if b.get("status") == s) for s in ORDER}
     summary = " · ".join(f"{_e(s)}: {n}" for s, n in by_status.items() if n) or "no batches yet"
     rows = []
+    folders = any("folder" in b for b in batches)  # absent with SENDIT_STATUS_NAMES=hidden
     for b in batches:
         counts = b.get("counts") or {}
         done, total = _done(counts)
@@ -73,7 +76,9 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
         rows.append(
             f'<tr id="batch-{_e(b["id"])}">'
             f'<td class="id"><a href="batches/{quote(b["id"])}">{_e(b["id"])}</a></td>'
-            f'<td><span class="status s-{_e(b.get("status"))}">{_e(b.get("status"))}</span></td>'
+            + (f'<td class="folder">{_e(b.get("folder"))}</td>' if folders else "")
+            + f'<td><span class="status s-{_e(b.get("status"))}">{_e(b.get("status"))}</span>'
+            f"{_waiting(b)}</td>"
             f"<td>{_bar(done, total)}</td>{_counts_cells(counts)}"
             f'<td class="num">{_e(_size(b.get("size_bytes")))}</td>'
             f'<td class="num">{_e(_seconds(b.get("elapsed_seconds")))}</td>'
@@ -83,21 +88,33 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
             f"{len(b.get('errors') or []) if b.get('has_error') else ''}</td></tr>"
         )
     table = (
-        '<table id="batches"><thead><tr><th>batch</th><th>status</th><th>progress</th>'
+        '<table id="batches"><thead><tr><th>batch</th>'
+        + ("<th>folder</th>" if folders else "")
+        + "<th>status</th><th>progress</th>"
         "<th>anonymized</th><th>skipped</th><th>failed</th><th>sent</th><th>size</th>"
         "<th>processing</th><th>sent at</th><th>rows</th><th>errors</th></tr></thead><tbody>"
-        + ("".join(rows) or '<tr><td colspan="12" class="empty">no batches yet</td></tr>')
+        + ("".join(rows) or '<tr><td colspan="13" class="empty">no batches yet</td></tr>')
         + "</tbody></table>"
     )
     return _page("sendit batches", f'<p class="summary">{summary}</p>{table}', refresh)
+
+
+def _waiting(batch: dict[str, Any]) -> str:
+    waiting = (batch.get("completion") or {}).get("waiting_for")
+    return f' <span class="waiting">waiting for {_e(waiting)}</span>' if waiting else ""
 
 
 def render_batch(batch: dict[str, Any], refresh: int, page_size: int, state: str | None) -> str:
     """One batch: its figures, deliveries, errors and a page of files (keys, states, pseudonyms)."""
     counts = batch.get("counts") or {}
     done, total = _done(counts)
-    facts = [
-        ("status", f'<span class="status s-{_e(batch.get("status"))}">{_e(batch.get("status"))}</span>'),
+    facts = [("folder", _e(batch["folder"]))] if "folder" in batch else []
+    facts += [
+        (
+            "status",
+            f'<span class="status s-{_e(batch.get("status"))}">{_e(batch.get("status"))}</span>'
+            + _waiting(batch),
+        ),
         ("progress", _bar(done, total)),
         ("files", " ".join(f"{_e(k.lower())}={int(v)}" for k, v in counts.items() if k != "total")),
         ("size", _e(_size(batch.get("size_bytes")))),
@@ -128,24 +145,34 @@ def render_batch(batch: dict[str, Any], refresh: int, page_size: int, state: str
         )
         body += [f"<tr><td>{_e(e['file'])}</td><td>{_e(e['reason'])}</td></tr>" for e in batch["errors"]]
         body.append("</tbody></table>")
-    body.append(
-        '<h2>files</h2><table id="files"><thead><tr><th>file</th><th>state</th><th>reason</th>'
-        "<th>patient</th><th>study</th><th>series</th><th>instance</th></tr></thead><tbody>"
-    )
-    for f in batch.get("files") or []:
-        body.append(
-            f'<tr><td class="id">{_e(f["name"])}</td><td><span class="state t-{_e(f["state"])}">'
-            f"{_e(f['state'])}</span></td><td>{_e(f.get('reason'))}</td>"
-            + "".join(f'<td class="uid">{_e(f.get(k))}</td>' for k in ID_FIELDS)
-            + "</tr>"
-        )
-    body.append("</tbody></table>")
+    body.append(_files_table(batch.get("files") or []))
     if batch.get("next_page_token"):
         params = {"page_token": batch["next_page_token"], "page_size": page_size}
         if state:
             params["state"] = state
         body.append(f'<p><a class="next" href="?{_e(urlencode(params))}">next page</a></p>')
     return _page(f"sendit batch {batch['id']}", "".join(body), refresh)
+
+
+def _files_table(files: list[dict[str, Any]]) -> str:
+    objects = any("object" in f for f in files)  # absent when names are hidden
+    rows = [
+        '<h2>files</h2><table id="files"><thead><tr><th>file</th>'
+        + ("<th>object</th>" if objects else "")
+        + "<th>state</th><th>reason</th>"
+        "<th>patient</th><th>study</th><th>series</th><th>instance</th></tr></thead><tbody>"
+    ]
+    for f in files:
+        rows.append(
+            f'<tr><td class="id">{_e(f["name"])}</td>'
+            + (f'<td class="object">{_e(f.get("object"))}</td>' if objects else "")
+            + f'<td><span class="state t-{_e(f["state"])}">'
+            f"{_e(f['state'])}</span></td><td>{_e(f.get('reason'))}</td>"
+            + "".join(f'<td class="uid">{_e(f.get(k))}</td>' for k in ID_FIELDS)
+            + "</tr>"
+        )
+    rows.append("</tbody></table>")
+    return "".join(rows)
 
 
 def _size(value: Any) -> str:

@@ -1,11 +1,13 @@
-"""The `send` HTTP function: parse the request, queue ready batches (``stages.send``), answer at once.
+"""The `send` HTTP function: parse the request, queue complete batches (``stages.send``), answer at once.
 
-``POST`` with an optional JSON body ``{"batches": ["<batch id>", ...]}``; without a body (or without
-``batches``) every DONEPROCESSING batch is queued.
+``POST`` with an optional JSON body ``{"batches": ["<batch id>", ...], "force": false}``; without a body
+(or without ``batches``) every DONEPROCESSING batch - every complete one - is queued; a named batch not
+complete yet is answered ``not_ready`` with ``waiting_for`` unless ``"force": true``.
 
 Answers (JSON):
-- 202 ``{"queued": [...], "not_ready": [{"id", "status"}], "already_sent": [...], "in_progress": [...],
-  "unknown": [...]}`` when at least one batch was queued, 200 with the same shape when none was;
+- 202 ``{"queued": [...], "not_ready": [{"id", "status", "waiting_for", "completion"}],
+  "already_sent": [...], "in_progress": [...], "unknown": [...]}`` when at least one batch was queued,
+  200 with the same shape when none was;
 - 400 malformed JSON or body, 404 when every named batch is unknown, 405 wrong method, 413 body too
   large, 503 when no message could be published (the batches are put back to DONEPROCESSING) or the
   state store is unavailable.
@@ -32,15 +34,20 @@ log = logging.getLogger("sendit.send")
 MAX_BODY = 64 * 1024
 MAX_BATCHES = 1000
 
-QueueBatches = Callable[[list[str] | None], "SendResult"]
+QueueBatches = Callable[[list[str] | None, bool], "SendResult"]
 
 
 def parse_body(raw: bytes) -> list[str] | None:
     """The batch ids the body names, or None for "every ready batch". Raises BadRequest."""
+    return parse_request(raw)[0]
+
+
+def parse_request(raw: bytes) -> tuple[list[str] | None, bool]:
+    """(the batch ids the body names or None for "every complete batch", force). Raises BadRequest."""
     if len(raw) > MAX_BODY:
         raise BadRequest(f"request body larger than {MAX_BODY} bytes", 413)
     if not raw.strip():
-        return None
+        return None, False
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -48,14 +55,19 @@ def parse_body(raw: bytes) -> list[str] | None:
             'malformed JSON body: expected {"batches": ["<batch id>", ...]} or no body'
         ) from None
     if body is None:
-        return None
+        return None, False
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object: {"batches": ["<batch id>", ...]}')
-    if sorted(set(body) - {"batches"}):
-        raise BadRequest("unknown field(s) in the body; only 'batches' is accepted")
+    if sorted(set(body) - {"batches", "force"}):
+        raise BadRequest("unknown field(s) in the body; only 'batches' and 'force' are accepted")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("'force' must be true or false")
     batches = body.get("batches")
     if batches is None:
-        return None
+        if force:
+            raise BadRequest("'force' needs 'batches': name the batches to send before they are complete")
+        return None, False
     if not isinstance(batches, list) or not all(isinstance(b, str) for b in batches):
         raise BadRequest("'batches' must be a list of batch id strings")
     if not batches:
@@ -64,7 +76,7 @@ def parse_body(raw: bytes) -> list[str] | None:
         raise BadRequest(f"at most {MAX_BATCHES} batches per request")
     if not all(naming.is_token(b) for b in batches):
         raise BadRequest("a batch id may only contain letters, digits, '-' and '_' (at most 128)")
-    return list(dict.fromkeys(batches))
+    return list(dict.fromkeys(batches)), force
 
 
 def handle(request: Request, queue: QueueBatches) -> Response:
@@ -72,11 +84,11 @@ def handle(request: Request, queue: QueueBatches) -> Response:
     if request.method != "POST":
         return error(405, f"method {request.method} not allowed: use POST", allow="POST")
     try:
-        named = parse_body(request.get_data(cache=False))
+        named, force = parse_request(request.get_data(cache=False))
     except BadRequest as exc:
         return error(exc.status, str(exc))
     try:
-        result = queue(named)
+        result = queue(named, force)
     except Exception as exc:  # the state store is down or slow: a JSON answer, never an HTML 500
         log.error("send: state store error", extra={"error": type(exc).__name__})
         if not is_transient(exc):

@@ -1,6 +1,8 @@
 """The `status` HTTP function: batch status as JSON, and a small auto-refreshing HTML dashboard.
 
-- ``GET {url}/batches`` -> ``{"batches": [{"id", "status", "counts", "has_error", "errors", ...}]}``
+- ``GET {url}/batches`` -> ``{"batches": [{"id", "folder", "status", "completion", "counts", ...}]}``
+- ``GET {url}/batches?folder=NAME`` -> ``{"folder": NAME, "batches": [...]}`` (the batch of that staging
+  folder; a 404 JSON that names nothing when there is none; the name is never logged)
 - ``GET {url}/batches/{id}`` -> the batch plus ``"files": [{"name", "state", "reason", ...}]`` and
   ``"next_page_token"`` (``?page_size=`` up to 1000, ``?page_token=``, ``?state=`` to filter)
 - ``GET {url}/metrics?days=N[&until=YYYY-MM-DD]`` -> files, studies and bytes delivered per day and per
@@ -8,17 +10,18 @@
 - ``GET {url}/`` -> the dashboard for a browser (``Accept: text/html``), the batch list otherwise;
   ``/batches...`` also render as HTML for a browser, and ``?format=json|html`` overrides.
 
-The views come from ``sendit.store.queries`` (allow-listed fields only); 404 for an unknown batch, 503
-when the state store is unavailable.
+The views come from ``sendit.store.queries`` (allow-listed fields only; folder and object names unless
+``SENDIT_STATUS_NAMES=hidden``); an open batch carries ``completion`` (``sendit.completion``: why it is
+not DONEPROCESSING yet, from its tally). 404 for an unknown batch, 503 when the state store is unavailable.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sendit import naming
+from sendit import completion, naming
 from sendit.errors import UnknownBatch, is_transient
 from sendit.http import dashboard
 from sendit.http.responses import UNAVAILABLE, BadRequest, error, html_response, json_response
@@ -28,11 +31,26 @@ from sendit.store.vocabulary import FileState
 if TYPE_CHECKING:
     from flask import Request, Response
 
+    from sendit.config import Settings
     from sendit.store.base import Store
 
 log = logging.getLogger("sendit.status")
 
 DEFAULT_PAGE, MAX_PAGE = 200, 1000
+MAX_FOLDER = 1024  # GCS object names are at most 1,024 bytes
+
+
+class _Views:
+    """How this deployment shows batches: names shown or hidden, completion from the stable age."""
+
+    def __init__(self, store: Store, settings: Settings | None) -> None:
+        self.store = store
+        self.names = getattr(settings, "status_names", "shown") != "hidden"
+        self.stable_age = int(getattr(settings, "stable_age_seconds", 60))
+
+    def extra(self, batch_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        view = completion.completion_view(self.store, self.stable_age, batch_id, data)
+        return {"completion": view} if view is not None else {}
 
 
 def _route(path: str) -> tuple[str, str | None]:
@@ -84,9 +102,9 @@ def _refresh(request: Request) -> int:
         return dashboard.REFRESH_SECONDS
 
 
-def handle(request: Request, store_of: Callable[[], Store], collection: str = "sendit") -> Response:
+def handle(request: Request, store_of: Callable[[], Store], settings: Settings | None = None) -> Response:
     """The HTTP entry (see the module doc); ``store_of`` gives the state store (created on first use);
-    ``collection`` (SENDIT_COLLECTION) names the deliveries recorded before records named theirs."""
+    ``settings.collection`` (SENDIT_COLLECTION) names the deliveries recorded before records named theirs."""
     if request.method not in {"GET", "HEAD"}:
         return error(405, f"method {request.method} not allowed: use GET", allow="GET, HEAD")
     route, batch_id = _route(request.path)
@@ -97,12 +115,15 @@ def handle(request: Request, store_of: Callable[[], Store], collection: str = "s
     except BadRequest as exc:
         return error(exc.status, str(exc))
     try:
-        store = store_of()
+        views = _Views(store_of(), settings)
         if route == "metrics":
-            return _metrics(store, request, collection)
+            return _metrics(views.store, request, getattr(settings, "collection", "sendit"))
+        folder = request.args.get("folder") if route == "batches" else None
+        if folder is not None:
+            return _folder(views, request, folder)
         if batch_id is None:
-            return _batches(store, request)
-        return _batch(store, request, batch_id, size, token, state)
+            return _batches(views, request)
+        return _batch(views, request, batch_id, size, token, state)
     except UnknownBatch:
         return error(404, "unknown batch")
     except BadRequest as exc:
@@ -114,19 +135,34 @@ def handle(request: Request, store_of: Callable[[], Store], collection: str = "s
         return error(503, UNAVAILABLE)
 
 
-def _batches(store: Store, request: Request) -> Response:
-    batches = queries.public_batches(store)
+def _batches(views: _Views, request: Request) -> Response:
+    batches = queries.public_batches(views.store, names=views.names, extra=views.extra)
     if _wants_html(request):
         return html_response(dashboard.render_dashboard(batches, _refresh(request)))
     return json_response({"batches": batches})
 
 
+def _folder(views: _Views, request: Request, folder: str) -> Response:
+    """``?folder=NAME``: the folder is never logged and never echoed in an error."""
+    if not folder or len(folder.encode("utf-8")) > MAX_FOLDER:
+        return error(400, f"folder must be 1 to {MAX_FOLDER} bytes")
+    batches = queries.batches_of_folder(views.store, folder=folder, names=views.names, extra=views.extra)
+    log.info("status: folder lookup", extra={"found": len(batches)})
+    if not batches:
+        return error(404, "no batch for that folder")
+    if _wants_html(request):
+        return html_response(dashboard.render_dashboard(batches, _refresh(request)))
+    body: dict[str, Any] = {"batches": batches}
+    return json_response({"folder": folder, **body} if views.names else body)
+
+
 def _batch(
-    store: Store, request: Request, batch_id: str, size: int, token: str | None, state: str | None
+    views: _Views, request: Request, batch_id: str, size: int, token: str | None, state: str | None
 ) -> Response:
-    batch = queries.public_batch(store, batch_id=batch_id)
+    store = views.store
+    batch = queries.public_batch(store, batch_id=batch_id, names=views.names, extra=views.extra)
     files, next_token = queries.public_files(
-        store, batch_id=batch_id, page_size=size, page_token=token, state=state
+        store, batch_id=batch_id, page_size=size, page_token=token, state=state, names=views.names
     )
     batch["files"], batch["next_page_token"] = files, next_token
     if _wants_html(request):

@@ -1,14 +1,17 @@
 """`make demo`: the main job end to end on the local stack.
 
 Starts the stack, writes sample studies (synthetic ones with planted identifiers, plus real sample files
-that ship with pydicom and deid-data), uploads them with the real gsutil CLI, waits for processing with
-visible progress, triggers the send over HTTP, waits for delivery, then prints what arrived in the
-destination bucket and BigQuery and checks that no planted identifier did. Stops the stack at the end.
+that ship with pydicom and deid-data), uploads two folders with `sendit upload` (sealed by a manifest) and
+one with the real gsutil CLI (no manifest: complete after the stable age), waits with visible progress
+until every batch is complete - showing the manifest seal and the stable-age completion - triggers the
+send over HTTP, waits for delivery, then prints what arrived in the destination bucket and BigQuery and
+checks that no planted identifier did. Stops the stack at the end.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -126,9 +129,7 @@ def _wait(
             "  "
             + what
             + ": "
-            + "  ".join(
-                f"{b['id'][:8]} {b['status']} {_counts(b)}" for b in sorted(batches, key=lambda b: b["id"])
-            )
+            + "  ".join(_brief(b) for b in sorted(batches, key=lambda b: str(b.get("folder") or b["id"])))
         )
         if line != last:
             _say(line)
@@ -138,6 +139,28 @@ def _wait(
             return batches
         time.sleep(0.5)
     raise TimeoutError(f"{what}: not finished after {timeout:.0f} s")
+
+
+def _brief(batch: dict[str, Any]) -> str:
+    waiting = (batch.get("completion") or {}).get("waiting_for")
+    why = f" [waiting for {waiting}]" if waiting else ""
+    return f"{batch.get('folder') or batch['id'][:8]} {batch['status']}{why} {_counts(batch)}".rstrip()
+
+
+def _completions(batches: list[dict[str, Any]], stable_age: str) -> None:
+    """How each batch became complete: the manifest seal or the stable age."""
+    for b in sorted(batches, key=lambda b: str(b.get("folder") or b["id"])):
+        name = b.get("folder") or b["id"]
+        how = b.get("completed_by")
+        if how == "manifest":
+            listed = (b.get("manifest") or {}).get("count")
+            _say(
+                f"   {name}: sealed by its manifest ({listed} listed objects, all terminal) -> {b['status']}"
+            )
+        elif how == "stable":
+            _say(f"   {name}: no manifest; no new file for {stable_age} s (stable age) -> {b['status']}")
+        else:
+            _say(f"   {name}: {b['status']}")
 
 
 def _counts(batch: dict[str, Any]) -> str:
@@ -175,14 +198,26 @@ def _run(stack: LocalStack, demo_dir: Path, began: float) -> int:
     folders = write_samples(demo_dir / "samples")
     files = sum(1 for f in folders for p in f.rglob("*") if p.is_file())
     _say(f"   {len(folders)} folders, {files} files")
-    _say(f"3. uploading with the real gsutil CLI: {Path(env['SENDIT_UPLOAD_CMD']).name} FOLDER ...")
-    subprocess.run([env["SENDIT_UPLOAD_CMD"], *map(str, folders)], check=True)
-    _say("4. waiting for the anonymize function (status API)...")
+    sealed, plain = folders[:2], folders[2:]
+    _say(f"3. uploading {', '.join(f.name for f in sealed)} with `sendit upload` (sealed by a manifest)...")
+    upload_env = {**os.environ, **env}
+    subprocess.run(
+        [sys.executable, "-m", "sendit.cli", "upload", *map(str, sealed)], check=True, env=upload_env
+    )
+    _say(f"   and {', '.join(f.name for f in plain)} with the real gsutil CLI (no manifest: stable age)")
+    subprocess.run([env["SENDIT_UPLOAD_CMD"], *map(str, plain)], check=True)
+    stable_age = env["SENDIT_STABLE_AGE_SECONDS"]
+    _say(f"4. waiting until every batch is complete (status API; stable age {stable_age} s)...")
     status_url, send_url = env["SENDIT_STATUS_URL"], env["SENDIT_SEND_URL"]
     settled: set[str] = {BatchState.DONEPROCESSING, BatchState.EMPTY}
-    # Every uploaded file counted: a batch is also DONEPROCESSING between two notifications of its upload.
-    batches = _wait(status_url, len(folders), settled, "processing", timeout=180, files=files)
-    _say("5. POST send (HTTP trigger)...")
+    # DONEPROCESSING means complete (sealed by its manifest, or stable): no count of the files uploaded is
+    # needed to know the upload is in; the count is checked afterwards, and a shortfall fails the demo.
+    batches = _wait(status_url, len(folders), settled, "processing", timeout=180)
+    _completions(batches, stable_age)
+    counted = sum(int((b.get("counts") or {}).get("total", 0)) for b in batches)
+    if counted != files:
+        raise RuntimeError(f"complete with {counted} of {files} uploaded files counted")
+    _say("5. POST send (HTTP trigger): every complete batch...")
     code, body = _http("POST", send_url, {})
     _say(f"   {code}: {json.dumps(body)}")
     if code >= 400:

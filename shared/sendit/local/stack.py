@@ -33,6 +33,14 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 # lease, so a file whose function process died is re-claimed, not dead-lettered (the cloud: 10..600 s, 60 s).
 LOCAL_MAX_BACKOFF = 10
 LOCAL_LEASE_SECONDS = 8
+# Completion on the local stack (docs/state.md): a few seconds of stable age instead of the cloud's 60, a
+# manifest timeout a test can wait for, and a sweep every second. `make up` takes SENDIT_STABLE_AGE_SECONDS,
+# SENDIT_MANIFEST_TIMEOUT_SECONDS and SENDIT_SWEEP_SECONDS from its environment; stack.env shows the values.
+LOCAL_COMPLETION = {
+    "SENDIT_STABLE_AGE_SECONDS": "3",
+    "SENDIT_MANIFEST_TIMEOUT_SECONDS": "20",
+    "SENDIT_SWEEP_SECONDS": "1",
+}
 
 
 @dataclass
@@ -113,6 +121,11 @@ class LocalStack:
             SENDIT_LEASE_SECONDS=str(LOCAL_LEASE_SECONDS),
             SENDIT_DICOMWEB_URL=f"{self.orthanc_url}/dicom-web",
         )
+        for name, default in LOCAL_COMPLETION.items():
+            env[name] = os.environ.get(name) or default
+        for name in ("SENDIT_AUTO_SEND", "SENDIT_STATUS_NAMES", "SENDIT_TALLY_SHARDS"):
+            if os.environ.get(name):
+                env[name] = os.environ[name]
         env.update(self.function_env)
         return env
 
@@ -147,6 +160,7 @@ class LocalStack:
             if self.with_functions:
                 self._start_functions(began + timeout)
                 self.wire_push_subscriptions()
+                self._start_scheduler(began + timeout)
             self._write_upload_command()
             self._write_files()
         except BaseException:
@@ -209,6 +223,32 @@ class LocalStack:
         for service in started:
             service.wait_ready(deadline)
 
+    def _start_scheduler(self, deadline: float) -> None:
+        """The local Cloud Scheduler: a tick on the sweep topic every SENDIT_SWEEP_SECONDS."""
+        env = emulators.private_env(self.workdir / "home-scheduler", self.emulator_env())
+        env.update(PYTHONUNBUFFERED="1")
+        log_path = self.workdir / "logs" / "scheduler.log"
+        service = Service(
+            name="scheduler",
+            argv=[
+                sys.executable,
+                "-m",
+                "sendit.local.scheduler",
+                "--project",
+                self.project,
+                "--topic",
+                self.topic("sweep"),
+                "--every",
+                self.settings_env()["SENDIT_SWEEP_SECONDS"],
+            ],
+            ready=functools.partial(_log_says, log_path, "scheduler started"),
+            env=env,
+            log_path=log_path,
+        )
+        self.services.append(service)
+        service.start()
+        service.wait_ready(deadline)
+
     def stop(self) -> None:
         emulators.stop_groups([s.pid for s in self.services if s.pid])
         for service in self.services:
@@ -217,11 +257,14 @@ class LocalStack:
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / "stack.pids").unlink()
 
-    def restart(self, service_name: str) -> None:
-        """Restart one process (fault injection: an emulator or a function server dies and comes back)."""
+    def restart(self, service_name: str, env: dict[str, str] | None = None) -> None:
+        """Restart one process (fault injection: an emulator or a function server dies and comes back),
+        optionally with changed environment variables (a redeploy with another setting)."""
         for service in self.services:
             if service.name == service_name:
                 service.stop()
+                if env is not None:
+                    service.env = {**service.env, **env}
                 service.start()
                 service.wait_ready(time.monotonic() + 60)
                 self._write_files()
@@ -421,6 +464,13 @@ def _port_answers(port: int) -> bool:
     except urllib.error.HTTPError:
         return True
     except (urllib.error.URLError, OSError):
+        return False
+
+
+def _log_says(path: Path, text: str) -> bool:
+    try:
+        return text in path.read_text(errors="replace")
+    except OSError:
         return False
 
 

@@ -1,4 +1,5 @@
-"""One module per Cloud Function, in pipeline order: anonymize, send, deliver, dead_letter.
+"""One module per Cloud Function, in pipeline order: anonymize, send, deliver, dead_letter, sweep.
 
-Only ``sendit.app.runtime`` imports these; a stage imports downward (store, delivery, naming, errors).
+Only ``sendit.app.runtime`` imports these; a stage imports downward (completion, store, delivery, naming,
+errors).
 """

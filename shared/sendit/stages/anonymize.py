@@ -1,7 +1,8 @@
-"""The `anonymize` function: claim -> open batch -> de-identify -> record -> finalize, for one file.
+"""The `anonymize` function: claim -> open batch -> de-identify -> record -> completion check, for one file.
 
 One staging OBJECT_FINALIZE notification is one file. ``handle_event`` is what the function runs;
-``process_object`` is the same step for an already decoded notification (tests call it directly).
+``process_object`` is the same step for an already decoded notification (tests call it directly). A
+folder's ``sendit-manifest.json`` is its batch's seal, never a file: ``sendit.seal`` records it.
 
 Errors are classified on purpose (``sendit.errors``):
 - permanent (undecodable event, not DICOM, corrupt, filtered, object gone): the file gets a terminal
@@ -23,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sendit import events, naming, storage
+from sendit import completion, events, naming, seal, storage
 from sendit.errors import EventError, ObjectGone, RetryableError, Steps, TooLarge
 from sendit.events import ObjectFinalized
 from sendit.store import batches, files
@@ -39,9 +40,9 @@ log = logging.getLogger(__name__)
 class _InFlight:
     """Files this instance is processing, per batch.
 
-    A file that turns terminal while another file of its batch is still in flight here skips the finalize
-    check: that other file runs it when it finishes (after this file's state is recorded). Only the last
-    file of a burst queries Firestore; correctness never depends on it (two checks are harmless).
+    A file that turns terminal while another file of its batch is still in flight here skips the completion
+    check (``completion.after_terminal``): that other file runs it when it finishes (after this file's state
+    is recorded). Correctness never depends on it: the sweep evaluates every open batch anyway.
     """
 
     def __init__(self) -> None:
@@ -71,8 +72,9 @@ class AnonymizeResult:
 
     key: str
     batch_id: str
-    claim: str  # claimed | duplicate | gave_up
+    claim: str  # claimed | duplicate | gave_up | manifest
     state: str | None = None
+    batch_status: str | None = None  # what a completion this file triggered wrote (DONEPROCESSING...)
     reason: str | None = None
     clean_uri: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -101,7 +103,27 @@ def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> Ano
             extra={"event_id": event_id, "name_hash": naming.name_hash(obj.name)},
         )
         return None
+    if seal.is_seal(obj.name):
+        return _seal(ctx, obj)
     return process_object(ctx, obj)
+
+
+def _seal(ctx: Context, obj: ObjectFinalized) -> AnonymizeResult:
+    """The folder's manifest: recorded on its batch, never de-identified (``sendit.seal``)."""
+    steps = Steps()
+    try:
+        with steps.step("manifest"):
+            status = seal.handle_manifest(ctx, obj)
+    except RetryableError as error:
+        log.log(
+            logging.WARNING if error.transient else logging.ERROR,
+            "manifest not recorded: will be retried",
+            extra={"event_id": obj.event_id, "generation": obj.generation, "error": error.cause_type},
+        )
+        raise
+    batch = naming.batch_id(ctx.settings.secret_key, obj.bucket, naming.batch_folder(obj.name))
+    key = naming.file_key(obj.bucket, obj.name, obj.generation)
+    return AnonymizeResult(key, batch, "manifest", batch_status=status)
 
 
 @dataclass
@@ -150,6 +172,7 @@ def process_object(
                 max_attempts=ctx.settings.max_attempts,
                 lease_seconds=ctx.settings.lease_seconds if lease_seconds is None else lease_seconds,
                 now=now,
+                shards=ctx.settings.tally_shards,
             )
             early = _unclaimed(ctx, work)
         if early is not None:
@@ -167,18 +190,20 @@ def _unclaimed(ctx: Context, work: _Work) -> AnonymizeResult | None:
     assert claim is not None
     if claim.kind == "duplicate":
         log.info("duplicate: file already %s, acked", claim.state, extra={**where, "state": claim.state})
-        with work.steps.step("finalize"):
-            batches.heal_batch(ctx.store, batch=work.batch)
-        return AnonymizeResult(work.key, work.batch, "duplicate", state=claim.state)
+        with work.steps.step("completion"):
+            status = completion.evaluate(ctx, work.batch)  # a crash before the check, or stale counts
+        return AnonymizeResult(work.key, work.batch, "duplicate", state=claim.state, batch_status=status)
     if claim.kind == "busy":
         log.info("busy: another delivery holds the lease, retry later", extra=where)
         raise RetryableError("file is being processed by another delivery (lease held); retry later")
     if claim.kind == "gave_up":
         reason = f"gave up after {claim.attempts} attempts"
         log.warning("file FAILED", extra={**where, "state": FileState.FAILED, "reason": reason})
-        with work.steps.step("finalize"):
-            batches.finalize_batch(ctx.store, batch=work.batch)
-        return AnonymizeResult(work.key, work.batch, "gave_up", state=FileState.FAILED, reason=reason)
+        with work.steps.step("completion"):
+            status = completion.evaluate(ctx, work.batch)
+        return AnonymizeResult(
+            work.key, work.batch, "gave_up", state=FileState.FAILED, reason=reason, batch_status=status
+        )
     _in_flight.add(work.batch, work.key)
     return None
 
@@ -188,19 +213,24 @@ def _claimed(ctx: Context, work: _Work, folder: str) -> AnonymizeResult:
     claim, steps = work.claim, work.steps
     assert claim is not None
     with steps.step("open batch", "open"):
-        _, late = batches.open_batch(ctx.store, batch=work.batch, bucket=work.obj.bucket, folder=folder)
+        opened = batches.open_batch(ctx.store, batch=work.batch, bucket=work.obj.bucket, folder=folder)
     with steps.step("de-identify"):
         fields = _deidentify(ctx, work)
-    if late or claim.late:
+    if opened.late or claim.late:
         fields["late"] = True
     fields["attempts"] = claim.attempts
     with steps.step("record", "record"):
         work.recorded = files.record_terminal(
-            ctx.store, key=work.key, fields=fields, update_time=claim.update_time
+            ctx.store,
+            key=work.key,
+            fields=fields,
+            update_time=claim.update_time,
+            batch=work.batch,
+            shards=ctx.settings.tally_shards,
         )
-    with steps.step("finalize", "finalize"):
+    with steps.step("completion", "completion"):
         others = _in_flight.remove_and_others(work.batch, work.key)
-        finalized = None if others else batches.finalize_batch(ctx.store, batch=work.batch)
+        finalized = None if others else completion.after_terminal(ctx, work.batch, opened)
     steps.total()
     _log_outcome(work, fields, finalized)
     return AnonymizeResult(
@@ -211,6 +241,7 @@ def _claimed(ctx: Context, work: _Work, folder: str) -> AnonymizeResult:
         reason=fields.get("reason"),
         clean_uri=fields.get("clean_uri"),
         timings=steps.timings,
+        batch_status=finalized,
     )
 
 

@@ -1,7 +1,8 @@
 """The `dead_letter` function: a message that exhausted its deliveries is recorded, then acked.
 
 - a staging notification: its file is marked FAILED ("dead-lettered after N deliveries") unless it is
-  terminal already, and its batch is finalized, so the upload still ends in a visible terminal state;
+  terminal already, and its batch's completion is evaluated, so the upload still ends in a visible
+  terminal state; a dead-lettered manifest leaves ``manifest_error`` on its batch (stable age applies);
 - a deliver message: the batch goes back from SENDING to DONEPROCESSING with ``has_error`` and a reason,
   so an operator can send it again.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sendit import events, naming
+from sendit import completion, events, naming, seal
 from sendit.errors import EventError, RetryableError
 from sendit.events import ObjectFinalized
 from sendit.store import batches, deliveries, files
@@ -60,6 +61,10 @@ def dead_upload(ctx: Context, obj: ObjectFinalized, count: int | None) -> bool:
     folder = naming.batch_folder(obj.name)
     batch = naming.batch_id(ctx.settings.secret_key, obj.bucket, folder)
     reason = f"dead-lettered after {count} deliveries" if count else "dead-lettered"
+    if seal.is_seal(obj.name):  # not a file of the batch
+        seal.record_error(ctx, batch, obj, folder, f"manifest {reason}")
+        log.warning("manifest dead-lettered", extra={"event_id": obj.event_id, "batch_id": batch})
+        return False
     where = {
         "event_id": obj.event_id,
         "file_key": naming.file_key(obj.bucket, obj.name, obj.generation),
@@ -67,12 +72,12 @@ def dead_upload(ctx: Context, obj: ObjectFinalized, count: int | None) -> bool:
         "generation": obj.generation,
         "batch_id": batch,
     }
-    if not files.fail_file(ctx.store, obj=obj, batch=batch, reason=reason):
-        batches.heal_batch(ctx.store, batch=batch)
+    if not files.fail_file(ctx.store, obj=obj, batch=batch, reason=reason, shards=ctx.settings.tally_shards):
+        completion.evaluate(ctx, batch)
         log.info("dead letter for a file already terminal, acked", extra=where)
         return False
     batches.open_batch(ctx.store, batch=batch, bucket=obj.bucket, folder=folder)
-    status = batches.finalize_batch(ctx.store, batch=batch)
+    status = completion.evaluate(ctx, batch)
     log.warning(
         "file FAILED",
         extra={

@@ -1,21 +1,20 @@
-"""Batch documents on the anonymize side: open a batch, finalize it when its last file is terminal.
+"""Batch documents on the anonymize side: open a batch, and the fields it is settled with at completion.
 
-The batch document is written when a batch is first seen, when it (re)opens, and when its last file turns
-terminal (``finalize_batch``): never once per file, because Firestore sustains about one write per second
-on a single document. Counts are derived with aggregation queries on ``files`` (``batch_counts``).
+The batch document is written when a batch is first seen, when it (re)opens, when its manifest is
+recorded, and when it completes (``sendit.completion`` decides when; ``settle_fields`` computes what):
+never once per file, because Firestore sustains about one write per second on a single document. Live
+counts are derived with aggregation queries on ``files`` (``batch_counts``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sendit.store.base import PRECONDITION_RETRIES, Store, count, eq, now, server_ts
 from sendit.store.vocabulary import MAX_ERRORS, REOPENABLE, BatchState, FileState
 
-# Batches in these states are finalized again after a duplicate notification (``heal_batch``).
-_HEALABLE = frozenset({BatchState.QUEUE, BatchState.PROCESSING, BatchState.DONEPROCESSING, BatchState.EMPTY})
 _DELIVERING = frozenset({BatchState.SENDING, BatchState.SENT})
 
 
@@ -25,12 +24,12 @@ def get_batch(store: Store, *, batch: str) -> dict[str, Any] | None:
     return snap.to_dict() if snap.exists else None
 
 
-def _new_batch(batch: str, bucket: str, folder: str) -> dict[str, Any]:
+def new_batch_doc(batch: str, bucket: str, folder: str) -> dict[str, Any]:
     return {
         "id": batch,
         "status": BatchState.QUEUE,
         "bucket": bucket,
-        "folder": folder,  # staging side only
+        "folder": folder,  # staging side (the status API shows it unless SENDIT_STATUS_NAMES=hidden)
         "created_at": server_ts(),
         "updated_at": server_ts(),
         "start_time": server_ts(),
@@ -40,8 +39,16 @@ def _new_batch(batch: str, bucket: str, folder: str) -> dict[str, Any]:
     }
 
 
-def open_batch(store: Store, *, batch: str, bucket: str, folder: str) -> tuple[str, bool]:
-    """Make sure the batch exists and is PROCESSING; return (status before, late).
+class Opened(NamedTuple):
+    """What ``open_batch`` found: the status before, whether the file is late, the batch as read."""
+
+    status: str
+    late: bool
+    data: dict[str, Any]
+
+
+def open_batch(store: Store, *, batch: str, bucket: str, folder: str) -> Opened:
+    """Make sure the batch exists and is PROCESSING; return (status before, late, the batch's fields).
 
     First file: create QUEUE (create-if-absent), then PROCESSING. A batch seen DONEPROCESSING, EMPTY,
     SENDING or SENT goes back to PROCESSING (``late`` is True when it was SENDING or SENT: the file arrived
@@ -56,32 +63,39 @@ def open_batch(store: Store, *, batch: str, bucket: str, folder: str) -> tuple[s
         snap = ref.get()
         if not snap.exists:
             with contextlib.suppress(AlreadyExists):
-                ref.create(_new_batch(batch, bucket, folder))
+                ref.create(new_batch_doc(batch, bucket, folder))
             continue
-        status = str((snap.to_dict() or {}).get("status") or BatchState.QUEUE)
+        data = snap.to_dict() or {}
+        status = str(data.get("status") or BatchState.QUEUE)
         if first_status is None:
             first_status = status
         late = first_status in _DELIVERING or status in _DELIVERING
         if status not in REOPENABLE:
-            return status, late
+            return Opened(status, late, data)
         update: dict[str, Any] = {"status": BatchState.PROCESSING, "updated_at": server_ts()}
         if status in _DELIVERING:
             update["reopened_at"] = server_ts()
         try:
             ref.update(update, option=store.precondition(snap.update_time))
-            return status, late
+            return Opened(status, late, {**data, "status": BatchState.PROCESSING})
         except (FailedPrecondition, NotFound):
             continue
-    return first_status or BatchState.QUEUE, first_status in _DELIVERING
+    return Opened(first_status or BatchState.QUEUE, first_status in _DELIVERING, {})
 
 
-def has_pending(store: Store, *, batch: str) -> bool:
-    """Whether any file of the batch is not yet terminal: a keys-only query with limit 1.
+def reopen_batch(store: Store, *, batch: str, snap: Any) -> bool:
+    """A settled batch whose counts no longer match its tally goes back to PROCESSING (preconditioned)."""
+    from google.api_core.exceptions import FailedPrecondition, NotFound
 
-    Cheaper than a count while a batch is busy (it stops at the first hit); run after every file.
-    """
-    query = store.files_of(batch).where(filter=eq("state", FileState.RECEIVED)).select([]).limit(1)
-    return any(True for _ in query.stream())
+    status = (snap.to_dict() or {}).get("status")
+    update: dict[str, Any] = {"status": BatchState.PROCESSING, "updated_at": server_ts()}
+    if status == BatchState.SENT:
+        update["reopened_at"] = server_ts()
+    try:
+        store.batch_ref(batch).update(update, option=store.precondition(snap.update_time))
+    except (FailedPrecondition, NotFound):
+        return False  # someone moved it: whoever did decides
+    return True
 
 
 def batch_counts(store: Store, *, batch: str) -> dict[str, int]:
@@ -91,17 +105,7 @@ def batch_counts(store: Store, *, batch: str) -> dict[str, int]:
     return counts
 
 
-def _size_sum(store: Store, batch: str) -> int:
-    query: Any = store.files_of(batch).sum("size", alias="s")
-    for row in query.get():
-        for agg in row:
-            return int(agg.value or 0)
-    return 0
-
-
-def _status_for(counts: dict[str, int], current: str) -> BatchState:
-    if current == BatchState.SENDING:
-        return BatchState.SENDING  # a delivery is running: it decides what comes next (docs/pipeline.md)
+def _status_for(counts: dict[str, int]) -> BatchState:
     if counts[FileState.ANONYMIZED] > 0:
         return BatchState.DONEPROCESSING
     if counts[FileState.SENT] > 0:
@@ -109,90 +113,69 @@ def _status_for(counts: dict[str, int], current: str) -> BatchState:
     return BatchState.EMPTY
 
 
-def finalize_batch(store: Store, *, batch: str) -> str | None:
-    """If every file of the batch is terminal, write DONEPROCESSING/EMPTY with counts and metrics.
-
-    Returns the status written, or None when files are still in progress. The batch snapshot is read
-    before counting and the write is preconditioned on it: a file that (re)opened the batch in between
-    makes the write fail and the check run again.
-    """
-    from google.api_core.exceptions import FailedPrecondition, NotFound
-
-    ref = store.batch_ref(batch)
-    for _ in range(PRECONDITION_RETRIES):
-        if has_pending(store, batch=batch):
-            return None  # the common case while a batch is busy: no batch read at all
-        snap = ref.get()
-        if not snap.exists:
-            return None
-        data = snap.to_dict() or {}
-        counts = batch_counts(store, batch=batch)
-        if counts[FileState.RECEIVED] > 0:
-            return None
-        status = _status_for(counts, str(data.get("status") or BatchState.QUEUE))
-        try:
-            ref.update(
-                _final_fields(store, batch, data, counts, status), option=store.precondition(snap.update_time)
-            )
-            return status
-        except (FailedPrecondition, NotFound):
-            continue
-    return None
-
-
-def _final_fields(
-    store: Store, batch: str, data: dict[str, Any], counts: dict[str, int], status: str
+def settle_fields(
+    store: Store, *, batch: str, data: dict[str, Any], listed: set[str] | None, how: str
 ) -> dict[str, Any]:
-    summary = _summary(store, batch)
+    """The batch fields at completion, from one pass over its file documents (``how``: completed_by).
+
+    ``listed``: the file keys of a sealed batch's manifest (files outside it count as ``unlisted_files``).
+    The caller checks ``counts[RECEIVED]`` before writing.
+    """
+    summary = _summary(store, batch, listed)
+    counts = summary["counts"]
+    # Errors that belong to no file (a dead-lettered delivery) stay; file errors are recounted.
+    batch_errors = [e for e in data.get("errors") or [] if isinstance(e, dict) and not e.get("file")]
     finish = now()
     start = data.get("start_time")
-    return {
-        "status": status,
+    update: dict[str, Any] = {
+        "status": _status_for(counts),
         "counts": counts,
-        "size_bytes": _size_sum(store, batch),
-        "has_error": counts[FileState.FAILED] > 0,
-        "errors": summary["errors"],
+        "size_bytes": summary["size_bytes"],
+        "has_error": counts[FileState.FAILED] > 0 or bool(batch_errors),
+        "errors": (batch_errors + summary["errors"])[:MAX_ERRORS],
         "study_dates": summary["study_dates"],
         "study_uids": summary["study_uids"],
         "multiple_studies": summary["study_uids"] > 1,
         "late_files": summary["late_files"],
+        "completed_by": how,
         "finish_time": finish,
         "elapsed_seconds": (finish - start).total_seconds() if isinstance(start, datetime) else None,
         "updated_at": server_ts(),
     }
+    if listed is not None:
+        update["unlisted_files"] = summary["unlisted"]
+    return update
 
 
-def _summary(store: Store, batch: str) -> dict[str, Any]:
-    """Per-StudyDate counts, distinct study UIDs, late files and the first errors, in one pass."""
+def _summary(store: Store, batch: str, listed: set[str] | None) -> dict[str, Any]:
+    """Counts, size, per-StudyDate counts, distinct studies, late and unlisted files, first errors."""
+    counts = {str(s): 0 for s in FileState}
     dates: dict[str, int] = {}
     studies: set[str] = set()
     errors: list[dict[str, str]] = []
-    late = 0
-    fields = ["state", "reason", "study_date", "ids.study_uid", "late"]
+    late = unlisted = size = 0
+    fields = ["state", "reason", "study_date", "ids.study_uid", "late", "size"]
     for snap in store.files_of(batch).select(fields).stream():
         data = snap.to_dict() or {}
-        state = data.get("state")
-        if data.get("late"):
-            late += 1
+        state = str(data.get("state") or FileState.RECEIVED)
+        counts[state] = counts.get(state, 0) + 1
+        size += int(data.get("size") or 0)
+        late += 1 if data.get("late") else 0
+        unlisted += 1 if listed is not None and snap.id not in listed else 0
         if state in (FileState.ANONYMIZED, FileState.SENT):
-            date = data.get("study_date")
-            if date:
-                dates[str(date)] = dates.get(str(date), 0) + 1
-            uid = (data.get("ids") or {}).get("study_uid")
-            if uid:
+            if data.get("study_date"):
+                dates[str(data["study_date"])] = dates.get(str(data["study_date"]), 0) + 1
+            if uid := (data.get("ids") or {}).get("study_uid"):
                 studies.add(str(uid))
         elif state == FileState.FAILED and len(errors) < MAX_ERRORS:
             errors.append({"file": snap.id, "reason": str(data.get("reason") or "unknown")})
-    return {"study_dates": dates, "study_uids": len(studies), "errors": errors, "late_files": late}
-
-
-def heal_batch(store: Store, *, batch: str) -> None:
-    """After a duplicate or a dead letter for a terminal file: finish a batch left open by a crash between
-    'recorded' and 'finalized'.
-
-    A DONEPROCESSING/EMPTY batch is re-finalized too: a concurrent file's finalize may have written the
-    counts of all files but the crashed one, and only this redelivery is left to correct them.
-    """
-    current = get_batch(store, batch=batch)
-    if current is not None and current.get("status") in _HEALABLE:
-        finalize_batch(store, batch=batch)
+    counts["total"] = sum(counts[str(s)] for s in FileState)
+    return {
+        "counts": counts,
+        "size_bytes": size,
+        "study_dates": dates,
+        "study_uids": len(studies),
+        "errors": errors,
+        "late_files": late,
+        "unlisted": unlisted,
+    }

@@ -1,7 +1,9 @@
 """File documents: claim, release, record a terminal state, fail (the anonymize and dead-letter side).
 
-Everything that happens per file writes the file's own document only (one write per file; the batch
-document is written by ``store.batches`` on transitions, never once per file).
+Everything that happens per file writes the file's own document and, in the same batched write, one shard
+of its batch's tally (``store.tally``): the claim's create-if-absent counts ``received``, every transition
+to a terminal state counts ``terminal``, each exactly once (the write's precondition decides). The batch
+document is written by ``store.batches`` on transitions, never once per file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from sendit import naming
+from sendit.store import tally
 from sendit.store.base import PRECONDITION_RETRIES, Store, eq, server_ts
 from sendit.store.base import now as _now
 from sendit.store.vocabulary import TERMINAL, FileState
@@ -62,11 +65,17 @@ def claim_file(
     lease_seconds: float,
     late: bool = False,
     now: datetime | None = None,
+    shards: int = tally.DEFAULT_SHARDS,
 ) -> FileClaim:
-    """Claim ``obj`` for processing: create-if-absent; re-claim an expired lease; give up after N."""
+    """Claim ``obj`` for processing: create-if-absent; re-claim an expired lease; give up after N.
+
+    The create and the tally's ``received`` commit together: a redelivery's create fails and counts
+    nothing; a re-claim after an expired lease never counts again.
+    """
     from google.api_core.exceptions import AlreadyExists
 
     key = naming.file_key(obj.bucket, obj.name, obj.generation)
+    shard = tally.shard_ref(store, batch=batch, key=key, shards=shards)
     ref = store.file_ref(key)
     now = now or _now()
     lease_until = now + timedelta(seconds=lease_seconds)
@@ -81,7 +90,10 @@ def claim_file(
     )
     for _ in range(PRECONDITION_RETRIES):
         try:
-            result = ref.create(doc)
+            write = store.db.batch()
+            write.create(ref, doc)
+            tally.count_received(write, shard, now.timestamp())
+            result = write.commit()[0]
             return FileClaim(
                 "claimed",
                 key,
@@ -95,14 +107,16 @@ def claim_file(
         snap = ref.get()
         if not snap.exists:
             continue  # deleted in between: try the create again
-        claim = _reclaim(store, key, snap, now=now, lease_until=lease_until, max_attempts=max_attempts)
+        claim = _reclaim(
+            store, key, snap, now=now, lease_until=lease_until, max_attempts=max_attempts, shard=shard
+        )
         if claim is not None:
             return claim
     return FileClaim("busy", key)
 
 
 def _reclaim(
-    store: Store, key: str, snap: Any, *, now: datetime, lease_until: datetime, max_attempts: int
+    store: Store, key: str, snap: Any, *, now: datetime, lease_until: datetime, max_attempts: int, shard: Any
 ) -> FileClaim | None:
     """Decide on a file document that exists already; None when it moved under us (look again)."""
     from google.api_core.exceptions import FailedPrecondition, NotFound
@@ -117,14 +131,19 @@ def _reclaim(
         return FileClaim("busy", key, attempts=attempts, state=state)
     try:
         if attempts >= max_attempts:
-            snap.reference.update(
+            write = store.db.batch()
+            write.update(
+                snap.reference,
                 {
                     "state": FileState.FAILED,
                     "reason": f"gave up after {attempts} attempts",
                     "updated_at": server_ts(),
+                    "finished_at": server_ts(),
                 },
                 option=store.precondition(snap.update_time),
             )
+            tally.count_terminal(write, shard)
+            write.commit()
             return FileClaim("gave_up", key, attempts=attempts, state=FileState.FAILED)
         result = snap.reference.update(
             {"attempts": attempts + 1, "lease_until": lease_until, "updated_at": server_ts()},
@@ -179,12 +198,21 @@ def outcome_fields(outcome: Outcome) -> dict[str, Any]:
     return fields
 
 
-def record_terminal(store: Store, *, key: str, fields: dict[str, Any], update_time: Any = None) -> bool:
+def record_terminal(
+    store: Store,
+    *,
+    key: str,
+    fields: dict[str, Any],
+    update_time: Any = None,
+    batch: str | None = None,
+    shards: int = tally.DEFAULT_SHARDS,
+) -> bool:
     """Write a terminal state on a file. Returns False if the file was already SENT (left untouched).
 
-    ``update_time`` (from the claim) preconditions the write; if someone else wrote the document since
-    (an expired lease re-claimed, a dead letter), the write is re-based on what is there now, unless the
-    file was delivered meanwhile: a SENT file never goes back.
+    ``update_time`` (from the claim, whose document was RECEIVED) preconditions the write; if someone else
+    wrote the document since (an expired lease re-claimed, a dead letter), the write is re-based on what is
+    there now, unless the file was delivered meanwhile: a SENT file never goes back. The file's tally shard
+    gets its ``terminal`` increment in the same commit, only when the document it replaces was not terminal.
     """
     from google.api_core.exceptions import FailedPrecondition, NotFound
 
@@ -192,33 +220,53 @@ def record_terminal(store: Store, *, key: str, fields: dict[str, Any], update_ti
     payload = dict(fields)
     payload["updated_at"] = server_ts()
     payload["finished_at"] = server_ts()
+    counted = False
+    if update_time is None or batch is None:
+        snap = ref.get()
+        data = (snap.to_dict() or {}) if snap.exists else None
+        if data is None or data.get("state") == FileState.SENT:
+            return False
+        update_time, counted = snap.update_time, data.get("state") in TERMINAL
+        batch = batch or str(data.get("batch_id") or "")
+    shard = tally.shard_ref(store, batch=batch, key=key, shards=shards)
     for _ in range(PRECONDITION_RETRIES):
         try:
-            if update_time is None:
-                ref.update(payload)
-            else:
-                ref.update(payload, option=store.precondition(update_time))
+            write = store.db.batch()
+            write.update(ref, payload, option=store.precondition(update_time))
+            if not counted:
+                tally.count_terminal(write, shard)
+            write.commit()
             return True
         except (FailedPrecondition, NotFound):
             snap = ref.get()
-            if not snap.exists:
+            state = (snap.to_dict() or {}).get("state") if snap.exists else FileState.SENT
+            if state == FileState.SENT:
                 return False
-            if (snap.to_dict() or {}).get("state") == FileState.SENT:
-                return False
-            update_time = snap.update_time
+            update_time, counted = snap.update_time, state in TERMINAL
     return False
 
 
 def fail_file(
-    store: Store, *, obj: ObjectFinalized, batch: str, reason: str, only_if_not_terminal: bool = True
+    store: Store,
+    *,
+    obj: ObjectFinalized,
+    batch: str,
+    reason: str,
+    only_if_not_terminal: bool = True,
+    create_only: bool = False,
+    shards: int = tally.DEFAULT_SHARDS,
 ) -> bool:
     """Mark a file FAILED with ``reason``, creating its document if absent (e.g. a dead letter).
 
-    Returns True if the state was written; a terminal file is left as it is.
+    Returns True if the state was written; a terminal file is left as it is; with ``create_only`` any
+    existing document is (a listed object never received: one that did arrive is not touched). Counted in
+    the tally like every terminal transition (a created document counts as received too).
     """
-    from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
+    from google.api_core.exceptions import AlreadyExists
 
-    ref = store.file_ref(naming.file_key(obj.bucket, obj.name, obj.generation))
+    key = naming.file_key(obj.bucket, obj.name, obj.generation)
+    ref = store.file_ref(key)
+    shard = tally.shard_ref(store, batch=batch, key=key, shards=shards)
     doc = new_file_doc(obj, batch)
     doc.update(
         state=FileState.FAILED,
@@ -230,29 +278,42 @@ def fail_file(
     )
     for _ in range(PRECONDITION_RETRIES):
         try:
-            ref.create(doc)
+            write = store.db.batch()
+            write.create(ref, doc)
+            tally.count_received_terminal(write, shard, _now().timestamp())
+            write.commit()
             return True
         except AlreadyExists:
-            pass
+            if create_only:
+                return False
         snap = ref.get()
         if not snap.exists:
             continue
-        if only_if_not_terminal and (snap.to_dict() or {}).get("state") in TERMINAL:
+        was_terminal = (snap.to_dict() or {}).get("state") in TERMINAL
+        if only_if_not_terminal and was_terminal:
             return False
-        try:
-            ref.update(
-                {
-                    "state": FileState.FAILED,
-                    "reason": reason,
-                    "updated_at": server_ts(),
-                    "finished_at": server_ts(),
-                },
-                option=store.precondition(snap.update_time),
-            )
+        if _fail_existing(store, ref, snap, reason=reason, shard=None if was_terminal else shard):
             return True
-        except (FailedPrecondition, NotFound):
-            continue
     return False
+
+
+def _fail_existing(store: Store, ref: Any, snap: Any, *, reason: str, shard: Any) -> bool:
+    """FAILED over an existing document (preconditioned); ``shard`` None: it was counted terminal already."""
+    from google.api_core.exceptions import FailedPrecondition, NotFound
+
+    write = store.db.batch()
+    write.update(
+        ref,
+        {"state": FileState.FAILED, "reason": reason, "updated_at": server_ts(), "finished_at": server_ts()},
+        option=store.precondition(snap.update_time),
+    )
+    if shard is not None:
+        tally.count_terminal(write, shard)
+    try:
+        write.commit()
+    except (FailedPrecondition, NotFound):
+        return False
+    return True
 
 
 def mark_file_failed(store: Store, *, key: str, reason: str) -> None:

@@ -1,11 +1,14 @@
 """Read-only views for the status API: allow-listed fields only.
 
-Only ids, pseudonyms, states, counts, sizes, times and reasons leave these views: the staging bucket, the
-original folder and object names stay in Firestore (a file's ``name`` is its hashed object name).
+Ids, pseudonyms, states, counts, sizes, times and reasons leave these views, and - unless ``names`` is
+False (``SENDIT_STATUS_NAMES=hidden``) - each batch's ``folder`` and each file's ``object`` name, for the
+staging-side operators who uploaded them. The staging bucket never does. A file's ``name`` is its hashed
+object name either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +36,15 @@ BATCH_FIELDS = (
     "sent_at",
     "send_seconds",
     "last_delivery_error",
+    "manifest_at",
+    "manifest_error",
+    "unlisted_files",
+    "late_files",
+    "completed_by",
 )
+MANIFEST_FIELDS = ("count", "bytes", "created", "tool_version")
+# More fields for a batch view, from the batch id and document (the status API adds ``completion``).
+Extra = Callable[[str, dict[str, Any]], dict[str, Any]]
 DELIVERY_FIELDS = (
     "delivery_id",
     "at",
@@ -64,7 +75,9 @@ def _iso(value: Any) -> Any:
     return value
 
 
-def batch_view(store: Store, *, batch_id: str, data: dict[str, Any]) -> dict[str, Any]:
+def batch_view(
+    store: Store, *, batch_id: str, data: dict[str, Any], names: bool = True, extra: Extra | None = None
+) -> dict[str, Any]:
     """The public view of one batch document (counts derived on read while it moves)."""
     view: dict[str, Any] = {"id": batch_id}
     for key in BATCH_FIELDS:
@@ -86,28 +99,51 @@ def batch_view(store: Store, *, batch_id: str, data: dict[str, Any]) -> dict[str
         for d in (data.get("deliveries") or [])
         if isinstance(d, dict)
     ]
+    if names:
+        view["folder"] = str(data.get("folder") or "")
+    if isinstance(data.get("manifest"), dict):
+        view["manifest"] = {k: data["manifest"][k] for k in MANIFEST_FIELDS if k in data["manifest"]}
+    if extra is not None:
+        view.update(extra(batch_id, data))
     return view
 
 
-def public_batches(store: Store, *, limit: int = MAX_BATCHES) -> list[dict[str, Any]]:
+def public_batches(
+    store: Store, *, limit: int = MAX_BATCHES, names: bool = True, extra: Extra | None = None
+) -> list[dict[str, Any]]:
     """Every batch (up to ``limit``), newest first."""
     snaps = list(store.db.collection(store.batches).limit(limit).stream())
-    views = [batch_view(store, batch_id=s.id, data=s.to_dict() or {}) for s in snaps]
+    views = [
+        batch_view(store, batch_id=s.id, data=s.to_dict() or {}, names=names, extra=extra) for s in snaps
+    ]
     views.sort(key=lambda v: (str(v.get("created_at") or v.get("start_time") or ""), v["id"]), reverse=True)
     return views
 
 
-def public_batch(store: Store, *, batch_id: str) -> dict[str, Any]:
+def batches_of_folder(
+    store: Store, *, folder: str, names: bool = True, extra: Extra | None = None
+) -> list[dict[str, Any]]:
+    """The batches whose staging folder is ``folder`` (a query on the batch documents' ``folder``)."""
+    query = store.db.collection(store.batches).where(filter=eq("folder", folder)).limit(MAX_BATCHES)
+    return [
+        batch_view(store, batch_id=s.id, data=s.to_dict() or {}, names=names, extra=extra)
+        for s in query.stream()
+    ]
+
+
+def public_batch(
+    store: Store, *, batch_id: str, names: bool = True, extra: Extra | None = None
+) -> dict[str, Any]:
     """One batch's view. Raises ``UnknownBatch``."""
     if not naming.is_token(batch_id):
         raise UnknownBatch(batch_id)
     snap = store.batch_ref(batch_id).get()
     if not snap.exists:
         raise UnknownBatch(batch_id)
-    return batch_view(store, batch_id=batch_id, data=snap.to_dict() or {})
+    return batch_view(store, batch_id=batch_id, data=snap.to_dict() or {}, names=names, extra=extra)
 
 
-def _file_view(snap: Any) -> dict[str, Any]:
+def _file_view(snap: Any, names: bool) -> dict[str, Any]:
     data = snap.to_dict() or {}
     ids = data.get("ids") or {}
     entry: dict[str, Any] = {
@@ -116,6 +152,8 @@ def _file_view(snap: Any) -> dict[str, Any]:
         "state": data.get("state"),
         "reason": data.get("reason"),
     }
+    if names:
+        entry["object"] = str(data.get("object") or "")
     for key in ID_FIELDS:
         if ids.get(key):
             entry[key] = str(ids[key])
@@ -125,7 +163,13 @@ def _file_view(snap: Any) -> dict[str, Any]:
 
 
 def public_files(
-    store: Store, *, batch_id: str, page_size: int, page_token: str | None = None, state: str | None = None
+    store: Store,
+    *,
+    batch_id: str,
+    page_size: int,
+    page_token: str | None = None,
+    state: str | None = None,
+    names: bool = True,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the batch's files, ordered by key; the token is the last key of the page."""
     query: Any = store.files_of(batch_id)
@@ -134,9 +178,8 @@ def public_files(
     query = query.order_by("__name__")
     if page_token:
         query = query.start_after({"__name__": page_token})
-    snaps = list(
-        query.select(["state", "reason", "name_hash", "ids", "clean_size"]).limit(page_size + 1).stream()
-    )
+    fields = ["state", "reason", "name_hash", "ids", "clean_size", *(["object"] if names else [])]
+    snaps = list(query.select(fields).limit(page_size + 1).stream())
     more = len(snaps) > page_size
     snaps = snaps[:page_size]
-    return [_file_view(s) for s in snaps], (snaps[-1].id if more and snaps else None)
+    return [_file_view(s, names) for s in snaps], (snaps[-1].id if more and snaps else None)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -42,6 +43,13 @@ BATCHES = [
 ]
 
 
+FOLDERS = {"Étude 京 01": "aaaa000011112222"}
+FILES = [
+    {"name": "h1", "object": "Étude 京 01/series_1/IMG_0001.dcm", "state": "ANONYMIZED", "reason": None},
+    {"name": "h2", "object": "Étude 京 01/notes.txt", "state": "FAILED", "reason": "not DICOM"},
+]
+
+
 class Handler(BaseHTTPRequestHandler):
     requests: ClassVar[list[tuple[str, str, bytes, dict[str, str]]]] = []
 
@@ -58,6 +66,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         Handler.requests.append(("GET", self.path, b"", dict(self.headers)))
+        url = urlsplit(self.path)
+        if url.path.startswith("/batches/"):
+            found = [b for b in BATCHES if b["id"] == url.path.rsplit("/", 1)[1]]
+            if not found:
+                self._answer(404, {"error": "unknown batch", "status": 404})
+                return
+            self._answer(200, {**found[0], "files": FILES, "next_page_token": None})
+            return
+        folder = parse_qs(url.query).get("folder")
+        if folder:
+            found = [{**b, "folder": folder[0]} for b in BATCHES if b["id"] == FOLDERS.get(folder[0])]
+            if not found:
+                self._answer(404, {"error": "no batch for that folder", "status": 404})
+                return
+            self._answer(200, {"folder": folder[0], "batches": found})
+            return
         self._answer(200, {"batches": BATCHES})
 
     def do_POST(self) -> None:
@@ -116,15 +140,18 @@ def test_send_named_batches_and_report(server: str, capsys: pytest.CaptureFixtur
     assert cli.main(["send", "bbbb000011112222"]) == 0
     out = capsys.readouterr().out
     assert "queued: bbbb000011112222" in out and "not ready: aaaa000011112222 (PROCESSING)" in out
-    method, _, raw, _ = Handler.requests[0]
+    method, _, raw, _ = Handler.requests[-1]  # after resolving the id through the status API
     assert method == "POST" and json.loads(raw) == {"batches": ["bbbb000011112222"]}
 
 
 def test_send_all_posts_no_body_and_errors_exit_nonzero(
-    server: str, capsys: pytest.CaptureFixture[str]
+    server: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert cli.main(["send"]) == 0
     assert Handler.requests[0][2] == b""
+    assert cli.main(["send", "nosuch"]) == 1  # resolved through the status API: neither id nor folder
+    assert "unknown: nosuch" in capsys.readouterr().out
+    monkeypatch.delenv("SENDIT_STATUS_URL")  # no status API: the send API judges the id itself
     assert cli.main(["send", "nosuch"]) == 1
     assert "send failed (404): unknown batch" in capsys.readouterr().out
 
@@ -185,3 +212,32 @@ def cli_args(*argv: str) -> Any:
     parser = argparse.ArgumentParser()
     operator.add_arguments(argv[0], parser)
     return parser.parse_args(list(argv[1:]))
+
+
+def test_send_by_folder_name_resolves_it_through_the_status_api(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["send", "Étude 京 01", "--force"]) == 0
+    posts = [r for r in Handler.requests if r[0] == "POST"]
+    assert json.loads(posts[0][2]) == {"batches": ["aaaa000011112222"], "force": True}
+    gets = [r[1] for r in Handler.requests if r[0] == "GET"]
+    assert gets == ["/batches?folder=%C3%89tude%20%E4%BA%AC%2001"]  # not id-shaped: asked as a folder
+    assert cli.main(["send", "No Such Folder"]) == 1
+    assert "unknown: No Such Folder" in capsys.readouterr().out
+
+
+def test_status_of_a_folder_prints_its_files_with_states_and_reasons(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "Étude 京 01"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "batch aaaa000011112222  folder Étude 京 01"
+    assert out[1].startswith("status PROCESSING")
+    rows = [line.split("  ") for line in out if line.startswith("Étude")]
+    assert [[c.strip() for c in r if c.strip()] for r in rows] == [
+        ["Étude 京 01/notes.txt", "FAILED", "not DICOM"],
+        ["Étude 京 01/series_1/IMG_0001.dcm", "ANONYMIZED"],
+    ]
+    assert cli.main(["status", "aaaa000011112222", "nothing here"]) == 1
+    text = capsys.readouterr().out
+    assert "batch aaaa000011112222" in text and "no batch for 'nothing here'" in text

@@ -23,6 +23,12 @@ def test_parse_body_accepts(raw: bytes, expected: list[str] | None) -> None:
     assert send_api.parse_body(raw) == expected
 
 
+def test_force_is_read_with_the_names() -> None:
+    assert send_api.parse_request(b'{"batches": ["a1"], "force": true}') == (["a1"], True)
+    assert send_api.parse_request(b'{"batches": ["a1"]}') == (["a1"], False)
+    assert send_api.parse_request(b"") == (None, False)
+
+
 @pytest.mark.parametrize(
     ("raw", "status", "says"),
     [
@@ -31,7 +37,9 @@ def test_parse_body_accepts(raw: bytes, expected: list[str] | None) -> None:
         (b'"text"', 400, "JSON object"),
         (b'{"batches": [1]}', 400, "list of batch id strings"),
         (b'{"batches": []}', 400, "empty"),
-        (b'{"batches": ["ok"], "force": true}', 400, "unknown field"),
+        (b'{"batches": ["ok"], "urgent": true}', 400, "unknown field"),
+        (b'{"batches": ["ok"], "force": "yes"}', 400, "'force' must be true or false"),
+        (b'{"force": true}', 400, "'force' needs 'batches'"),
         (b'{"batches": ["has space"]}', 400, "may only contain"),
         (b'{"batches": ["' + b"x" * 129 + b'"]}', 400, "may only contain"),
         (b" " * (send_api.MAX_BODY + 1), 413, "larger than"),
