@@ -28,6 +28,7 @@ import pytest
 from support import imports
 
 from sendit import bundle
+from sendit.local.emulators import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +63,6 @@ def _isolated_env(unpacked: Path, home: Path) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         **DUMMY_ENV,
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -113,7 +107,7 @@ def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Unpacked:
 
 
 def _start(unpacked: Unpacked, target: str, log_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
-    port = _free_port()
+    port = free_port()
     log = log_dir / f"{target}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(

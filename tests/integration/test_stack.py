@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.request
@@ -156,6 +157,13 @@ def test_push_subscription_delivers_cloudevent_to_function(stack: Any, clients: 
 
     # functions-framework handled a request from the push subscription
     wait_for(handled, 30, 0.2, what="a pushed request in the anonymize function log")
+
+
+def test_every_service_of_the_stack_has_its_own_port(stack: Any) -> None:
+    # Two function servers were once given the same free port: the second could not bind, and the first
+    # answered its readiness check (dead letters then reached the sweep). Every port must be distinct.
+    ports = [*dataclasses.asdict(stack.ports).values(), *stack.function_ports.values()]
+    assert len(ports) == len(set(ports)), sorted(ports)
 
 
 def test_function_servers_answer_http(stack: Any) -> None:

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,10 +32,26 @@ class StackError(RuntimeError):
     """A service of the local stack could not start; the message says which and why."""
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now and never handed out before by this process.
+
+    The kernel may give a port it just returned for another bind again: two services of one stack
+    were once started on the same port (the second failed to bind, and the first answered the second's
+    readiness check). Remembering what was handed out makes every port of a stack distinct.
+    """
+    with _handed_out_lock:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise StackError("no free loopback port that this process has not handed out already")
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
