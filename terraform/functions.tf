@@ -15,6 +15,7 @@ locals {
     SENDIT_DESTINATION_BUCKET  = local.buckets.destination
     SENDIT_BIGQUERY_TABLE      = local.bigquery_table_id
     SENDIT_DELIVER_TOPIC       = local.topics.deliver
+    SENDIT_UPLOAD_TOPIC        = local.topics.uploads
     SENDIT_FIRESTORE_DATABASE  = var.firestore.database
     SENDIT_COLLECTION          = var.settings.collection
     SENDIT_ALLOWED_MODALITIES  = join(",", var.settings.allowed_modalities)
@@ -31,6 +32,7 @@ locals {
     SENDIT_STABLE_AGE_SECONDS       = tostring(var.settings.stable_age_seconds)
     SENDIT_MANIFEST_TIMEOUT_SECONDS = tostring(var.settings.manifest_timeout_seconds)
     SENDIT_TALLY_SHARDS             = tostring(var.settings.tally_shards)
+    SENDIT_REDRIVE_SECONDS          = tostring(var.settings.redrive_seconds)
     SENDIT_AUTO_SEND                = tostring(var.settings.auto_send)
     SENDIT_STATUS_NAMES             = var.settings.status_names
     # functions-framework adds execution ids to JSON log lines; deid's own logger stays quiet.

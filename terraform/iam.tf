@@ -30,10 +30,13 @@ locals {
     sweep       = "roles/datastore.user" # completion: reads tallies, finalizes batches
   }
 
-  # function -> topic it publishes to.
+  # function -> topic it publishes to. The sweep re-publishes a stalled file's notification to uploads.
   # With settings.auto_send a completed batch is queued by the function that completes it.
   function_topic_roles = concat(
-    [{ function = "send", topic = "deliver", role = "roles/pubsub.publisher" }],
+    [
+      { function = "send", topic = "deliver", role = "roles/pubsub.publisher" },
+      { function = "sweep", topic = "uploads", role = "roles/pubsub.publisher" },
+    ],
     var.settings.auto_send ? [
       { function = "anonymize", topic = "deliver", role = "roles/pubsub.publisher" },
       { function = "sweep", topic = "deliver", role = "roles/pubsub.publisher" },

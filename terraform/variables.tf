@@ -145,8 +145,11 @@ variable "settings" {
     stable_age_seconds       = optional(number, 60)
     manifest_timeout_seconds = optional(number, 3600)
     tally_shards             = optional(number, 16)
-    auto_send                = optional(bool, false)
-    status_names             = optional(string, "shown")
+    # The sweep re-publishes the notification of a file still RECEIVED this long after its lease expired
+    # (docs/reliability.md); longer than the subscription's maximum backoff, so Pub/Sub had its turn.
+    redrive_seconds = optional(number, 900)
+    auto_send       = optional(bool, false)
+    status_names    = optional(string, "shown")
   })
   nullable = false
   default  = {}
@@ -180,6 +183,10 @@ variable "settings" {
   validation {
     condition     = var.settings.manifest_timeout_seconds >= 60 && var.settings.manifest_timeout_seconds <= 604800 && floor(var.settings.manifest_timeout_seconds) == var.settings.manifest_timeout_seconds
     error_message = "settings.manifest_timeout_seconds must be a whole number between 60 and 604800 (7 days)."
+  }
+  validation {
+    condition     = var.settings.redrive_seconds >= 60 && var.settings.redrive_seconds <= 86400 && floor(var.settings.redrive_seconds) == var.settings.redrive_seconds
+    error_message = "settings.redrive_seconds must be a whole number between 60 and 86400."
   }
   validation {
     condition     = var.settings.tally_shards >= 1 && var.settings.tally_shards <= 256 && floor(var.settings.tally_shards) == var.settings.tally_shards

@@ -221,6 +221,11 @@ class Settings:
     manifest_timeout_seconds: int = 3600
     tally_shards: int = 16
     sweep_seconds: int = 60
+    # The sweep's re-drive (docs/reliability.md): a file still RECEIVED whose lease expired more than
+    # SENDIT_REDRIVE_SECONDS ago (and not re-driven within as long) has its notification re-published to
+    # SENDIT_UPLOAD_TOPIC (topic id; default topology.json's uploads topic).
+    redrive_seconds: int = 900
+    upload_topic: str = ""
     auto_send: bool = False  # SENDIT_AUTO_SEND: queue a batch for delivery as soon as it is complete
     status_names: str = "shown"  # SENDIT_STATUS_NAMES: shown | hidden (folder/object names in the status API)
 
@@ -333,6 +338,8 @@ def _completion(read: _Reader) -> dict[str, Any]:
         "manifest_timeout_seconds": read.between("SENDIT_MANIFEST_TIMEOUT_SECONDS", 3600, 1, 7 * 86_400),
         "tally_shards": read.between("SENDIT_TALLY_SHARDS", 16, 1, 256),
         "sweep_seconds": read.between("SENDIT_SWEEP_SECONDS", 60, 1, 3600),
+        "redrive_seconds": read.between("SENDIT_REDRIVE_SECONDS", 900, 5, 86_400),
+        "upload_topic": read.source.get("SENDIT_UPLOAD_TOPIC", "").strip() or topology()["topics"]["uploads"],
         "auto_send": read.conv("SENDIT_AUTO_SEND", False, _flag),
         "status_names": read.choice("SENDIT_STATUS_NAMES", "shown", ("shown", "hidden")),
     }

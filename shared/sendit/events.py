@@ -4,7 +4,8 @@ A staging upload reaches ``anonymize`` as a ``google.cloud.pubsub.topic.v1.messa
 CloudEvent wrapping the bucket's OBJECT_FINALIZE notification (payload JSON_API_V1). A direct
 Cloud Storage trigger (``google.cloud.storage.object.v1.finalized``) is accepted too. ``send`` publishes
 one deliver message per batch (``deliver_message``), which ``deliver`` decodes (``deliver_request``); a
-message that exhausted its deliveries reaches ``dead_letter`` (``dead_letter``).
+message that exhausted its deliveries reaches ``dead_letter`` (``dead_letter``). ``finalize_message`` builds
+the notification Cloud Storage would publish for an object (the sweep re-publishes it for a stalled file).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 DELIVER_KIND = "deliver"  # the ``kind`` attribute of deliver messages
 DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
+REDRIVEN = "senditRedriven"  # attribute of a notification the sweep re-published (its value: the reason)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,29 @@ def _from_resource(resource: dict[str, Any], event_id: str, attempt: int | None)
         event_id=event_id,
         delivery_attempt=attempt,
     )
+
+
+def finalize_message(
+    *, bucket: str, name: str, generation: str, size: int | None, md5: str | None, redriven: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """The data (JSON_API_V1 object resource) and attributes of an OBJECT_FINALIZE notification, as the
+    bucket's notification config publishes it, decoded by ``object_finalized``. ``redriven`` marks a
+    notification sendit published itself (the sweep's re-drive of a stalled file)."""
+    resource: dict[str, Any] = {"bucket": bucket, "name": name, "generation": str(generation)}
+    if size is not None:
+        resource["size"] = str(size)
+    if md5:
+        resource["md5Hash"] = md5
+    attributes = {
+        "eventType": "OBJECT_FINALIZE",
+        "payloadFormat": "JSON_API_V1",
+        "bucketId": bucket,
+        "objectId": name,
+        "objectGeneration": str(generation),
+    }
+    if redriven:
+        attributes[REDRIVEN] = redriven
+    return json.dumps(resource).encode(), attributes
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ def worker_killed(
     rel: Rel, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Rel, str, list[dict[str, Any]]]:
     """SIGKILL of the worker process (what an instance crash looks like to the requests it serves): the
-    requests in flight die with it, the server starts a new worker, Pub/Sub redelivers."""
+    requests in flight die with it, the server starts a new worker, Pub/Sub redelivers (the local emulator
+    sometimes drops such a push: then the sweep's re-drive re-publishes the file, docs/reliability.md)."""
     master = rel.stack.service("function anonymize").pid
     (worker,) = _children(master)
 

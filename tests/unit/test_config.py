@@ -132,6 +132,7 @@ def test_completion_settings_defaults_and_parsing() -> None:
         60,
     )
     assert s.auto_send is False and s.status_names == "shown"
+    assert (s.redrive_seconds, s.upload_topic) == (900, topology()["topics"]["uploads"])
     t = Settings.from_env(
         {
             **BASE,
@@ -141,8 +142,11 @@ def test_completion_settings_defaults_and_parsing() -> None:
             "SENDIT_SWEEP_SECONDS": "2",
             "SENDIT_AUTO_SEND": "true",
             "SENDIT_STATUS_NAMES": "Hidden",
+            "SENDIT_REDRIVE_SECONDS": "30",
+            "SENDIT_UPLOAD_TOPIC": "uploads-2",
         }
     )
+    assert (t.redrive_seconds, t.upload_topic) == (30, "uploads-2")
     assert (t.stable_age_seconds, t.manifest_timeout_seconds, t.tally_shards, t.sweep_seconds) == (
         5,
         120,
@@ -160,6 +164,7 @@ def test_completion_settings_defaults_and_parsing() -> None:
         ("SENDIT_MANIFEST_TIMEOUT_SECONDS", "-1", "SENDIT_MANIFEST_TIMEOUT_SECONDS: must be between"),
         ("SENDIT_TALLY_SHARDS", "1000", "SENDIT_TALLY_SHARDS: must be between 1 and 256"),
         ("SENDIT_SWEEP_SECONDS", "0", "SENDIT_SWEEP_SECONDS: must be between 1 and 3600"),
+        ("SENDIT_REDRIVE_SECONDS", "2", "SENDIT_REDRIVE_SECONDS: must be between 5 and 86400"),
         ("SENDIT_AUTO_SEND", "sometimes", "SENDIT_AUTO_SEND: expected true/false"),
         ("SENDIT_STATUS_NAMES", "partial", "SENDIT_STATUS_NAMES: expected shown or hidden"),
     ],

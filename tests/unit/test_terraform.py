@@ -573,13 +573,31 @@ def test_completion_settings_are_passed_and_validated() -> None:
         "SENDIT_STABLE_AGE_SECONDS",
         "SENDIT_MANIFEST_TIMEOUT_SECONDS",
         "SENDIT_TALLY_SHARDS",
+        "SENDIT_REDRIVE_SECONDS",
         "SENDIT_AUTO_SEND",
         "SENDIT_STATUS_NAMES",
     ):
         assert name in env, name
     conditions = " ".join(v["condition"] for v in variables()["settings"]["validation"])
-    for field in ("stable_age_seconds", "manifest_timeout_seconds", "tally_shards", "status_names"):
+    fields = (
+        "stable_age_seconds",
+        "manifest_timeout_seconds",
+        "tally_shards",
+        "redrive_seconds",
+        "status_names",
+    )
+    for field in fields:
         assert f"var.settings.{field}" in conditions, field
+
+
+def test_the_sweep_may_republish_stalled_notifications_to_the_uploads_topic_only() -> None:
+    env = locals_()["settings_env"]
+    assert env["SENDIT_UPLOAD_TOPIC"] == "${local.topics.uploads}"
+    grants = locals_()["function_topic_roles"]
+    always, _, when_auto_send = grants.partition("var.settings.auto_send ?")
+    sweep_uploads = '{function = "sweep", topic = "uploads", role = "roles/pubsub.publisher"}'
+    assert sweep_uploads in always and sweep_uploads not in when_auto_send
+    assert grants.count('topic = "uploads"') == 1  # no other function publishes notifications
 
 
 # ------------------------------------------------------------------------------------------- healthcare

@@ -34,12 +34,14 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 LOCAL_MAX_BACKOFF = 10
 LOCAL_LEASE_SECONDS = 8
 # Completion on the local stack (docs/state.md): a few seconds of stable age instead of the cloud's 60, a
-# manifest timeout a test can wait for, and a sweep every second. `make up` takes SENDIT_STABLE_AGE_SECONDS,
-# SENDIT_MANIFEST_TIMEOUT_SECONDS and SENDIT_SWEEP_SECONDS from its environment; stack.env shows the values.
+# manifest timeout a test can wait for, a sweep every second, and the sweep's re-drive of a stalled file
+# 10 s after its lease expired (the cloud: 900 s). `make up` takes these from its environment too;
+# stack.env shows the values.
 LOCAL_COMPLETION = {
     "SENDIT_STABLE_AGE_SECONDS": "3",
     "SENDIT_MANIFEST_TIMEOUT_SECONDS": "20",
     "SENDIT_SWEEP_SECONDS": "1",
+    "SENDIT_REDRIVE_SECONDS": "10",
 }
 
 

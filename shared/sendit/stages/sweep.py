@@ -7,6 +7,11 @@ its tally (one read of at most S shard documents) and, when that allows completi
 ``SENDIT_MANIFEST_TIMEOUT_SECONDS`` first gets a FAILED document for every listed object never received.
 The sweep is the only trigger of the stable-age rule.
 
+It also re-drives stalled files (``store.stalled``; at most every half ``SENDIT_REDRIVE_SECONDS``): a file
+still RECEIVED whose lease expired more than ``SENDIT_REDRIVE_SECONDS`` ago, in any batch, has its
+OBJECT_FINALIZE notification re-published to the uploads topic, and the ordinary claim takes it from there
+(docs/reliability.md). Without it such a file would hold its batch open for ever.
+
 Idempotent and safe to run concurrently (every write is preconditioned or create-if-absent). Errors are
 logged and the tick is acked: the next tick is the retry (a redelivered tick would only pile up).
 """
@@ -14,13 +19,14 @@ logged and the tick is acked: the next tick is the retry (a redelivered tick wou
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sendit import completion, events
-from sendit.store import tally
+from sendit.store import stalled, tally
 
 if TYPE_CHECKING:
     from sendit.app.context import Context
@@ -34,7 +40,26 @@ class SweepResult:
     open_batches: int = 0
     completed: dict[str, str] = field(default_factory=dict)  # batch id -> status written
     never_received: int = 0
+    redriven: int = 0
     errors: int = 0
+
+
+class _Due:
+    """When the re-drive last ran in this instance (losing it costs one query more)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+
+    def due(self, every: float, now: float) -> bool:
+        with self._lock:
+            if now - self._at < every:
+                return False
+            self._at = now
+            return True
+
+
+_redrive_due = _Due()
 
 
 def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> SweepResult:
@@ -57,6 +82,7 @@ def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> Swe
             "open_batches": result.open_batches,
             "completed": len(result.completed),
             "never_received": result.never_received,
+            "redriven": result.redriven,
             "errors": result.errors,
             "sweep_ms": round((time.monotonic() - began) * 1000, 1),
         },
@@ -76,6 +102,12 @@ def open_batches(ctx: Context) -> list[Any]:
 
 def sweep(ctx: Context) -> SweepResult:
     result = SweepResult()
+    if _redrive_due.due(ctx.settings.redrive_seconds / 2, time.monotonic()):
+        try:
+            result.redriven = redrive(ctx)
+        except Exception as exc:  # never stops completion; the next window retries
+            result.errors += 1
+            log.warning("sweep: re-drive failed", extra={"error": type(exc).__name__})
     snaps = open_batches(ctx)
     result.open_batches = len(snaps)
     for snap in snaps:
@@ -101,6 +133,38 @@ def sweep_batch(ctx: Context, snap: Any, result: SweepResult) -> str | None:
             result.never_received += created
             snap, counts = None, tally.read(ctx.store, batch=batch)  # judged on fresh state
     return completion.evaluate(ctx, batch, snapshot=snap, counts=counts)
+
+
+def redrive(ctx: Context) -> int:
+    """Re-publish the notification of every stalled file; the number re-published.
+
+    The re-drive is recorded first (preconditioned: one sweep wins), then published; a publish that fails
+    is tried again after SENDIT_REDRIVE_SECONDS. Logged with the file key and attempts, never the name.
+    """
+    settings = ctx.settings
+    topic = ctx.clients.topic_path(settings.upload_topic)
+    done = 0
+    for file in stalled.stalled(ctx.store, after_seconds=settings.redrive_seconds):
+        if not stalled.mark_redriven(ctx.store, file=file):
+            continue
+        data, attributes = events.finalize_message(
+            bucket=file.bucket,
+            name=file.name,
+            generation=file.generation,
+            size=file.size,
+            md5=file.md5,
+            redriven="stalled",
+        )
+        where: dict[str, Any] = {"event": "redrive", "batch_id": file.batch_id, "file_key": file.key}
+        where["attempts"] = file.attempts
+        try:
+            ctx.clients.publisher.publish(topic, data, **attributes).result(timeout=30)  # type: ignore[arg-type]
+        except Exception as exc:  # the next re-drive window tries again
+            log.warning("re-drive not published", extra={**where, "error": type(exc).__name__})
+            continue
+        done += 1
+        log.warning("stalled file re-driven: notification re-published", extra=where)
+    return done
 
 
 def _manifest_overdue(ctx: Context, data: dict[str, Any]) -> bool:
