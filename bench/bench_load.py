@@ -223,11 +223,8 @@ def _run(stack: Any, n: int, batches: int, writers: int, clients: Any, keyed_dig
     by_name = {d.get("object"): d for d in docs}
     missing = [name for name in uploaded if name not in by_name]
     not_terminal = [d for d in docs if d.get("state") not in TERMINAL]
-    finished = {
-        name: (d.get("finished_at") or d.get("updated_at")).timestamp()
-        for name, d in by_name.items()
-        if d.get("finished_at") or d.get("updated_at")
-    }
+    stamps = {name: d.get("finished_at") or d.get("updated_at") for name, d in by_name.items()}
+    finished = {name: at.timestamp() for name, at in stamps.items() if at is not None}
     latencies = [finished[name] - uploaded[name] for name in uploaded if name in finished]
     last = max(finished.values())
     states: dict[str, int] = {}
