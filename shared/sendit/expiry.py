@@ -24,6 +24,17 @@ from typing import Any
 from sendit.store.vocabulary import BatchState, FileState
 
 SOON_DAYS = 7  # a batch whose clean files expire within this many days is flagged
+# The batch document fields the expiry is derived from.
+FIELDS = (
+    "status",
+    "counts",
+    "first_clean_at",
+    "finish_time",
+    "sent_at",
+    "reopened_at",
+    "start_time",
+    "created_at",
+)
 
 
 def _utc(value: Any) -> datetime | None:

@@ -13,6 +13,8 @@ import requests
 from support import sendkit as kit
 from support.dicom import StudySpec
 
+from sendit.stages import sweep
+
 pytestmark = pytest.mark.stack
 MS = timedelta(milliseconds=1)
 
@@ -132,6 +134,7 @@ def test_a_complete_batch_shows_when_its_clean_files_expire(
     code, listing = kit.get_json(f"{stack.function_url('status')}/batches")
     (row,) = [b for b in listing["batches"] if b["id"] == seeded.batch_id]
     assert (row["expires_at"], row["expiring_soon"]) == (body["expires_at"], False)
+    assert seeded.batch_id not in sweep.expiring(ctx)  # the sweep's WARNING counts only batches near expiry
 
 
 def test_a_batch_left_unsent_for_weeks_is_flagged(
@@ -149,3 +152,4 @@ def test_a_batch_left_unsent_for_weeks_is_flagged(
     page = requests.get(f"{url}/batches", headers={"Accept": "text/html"}, timeout=30).text
     assert f'<tr id="batch-{seeded.batch_id}" class="expiring">' in page
     assert "expiring within 7 days" in page
+    assert seeded.batch_id in sweep.expiring(ctx)  # and the sweep's WARNING counts it

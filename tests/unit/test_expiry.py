@@ -115,3 +115,29 @@ def test_after_a_delivery_the_late_files_count_from_the_reopening() -> None:
 def test_naive_times_are_taken_as_utc() -> None:
     naive = _done(first_clean_at=FIRST_CLEAN.replace(tzinfo=None), finish_time=None)
     assert expiry.first_clean(naive) == FIRST_CLEAN
+
+
+class _Reads(dict[str, Any]):
+    """A batch document that remembers which fields were read."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _done(),
+        _done(sent_at=START + timedelta(days=2), reopened_at=START + timedelta(days=3)),
+        {"status": "PROCESSING", "counts": _counts(1)},
+    ],
+)
+def test_the_sweep_selects_every_field_the_expiry_reads(data: dict[str, Any]) -> None:
+    doc = _Reads(data)
+    expiry.expiry_view(doc, retention_days=30, now=NOW)
+    assert doc.read and doc.read <= set(expiry.FIELDS)
