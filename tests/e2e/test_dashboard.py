@@ -95,7 +95,8 @@ def test_dashboard_shows_the_batch_moving_to_sent(
     assert row.endswith(" 1")
     assert '<meta http-equiv="refresh" content="5">' in dom
     # When its clean files expire: the first one's time plus the retention (30 days), not flagged yet.
-    expires = kit.batch_doc(ctx, seeded.batch_id)["first_clean_at"] + timedelta(days=30)
+    retention = timedelta(days=settings.processing_retention_days)
+    expires = kit.batch_doc(ctx, seeded.batch_id)["first_clean_at"] + retention
     assert f" {expires:%Y-%m-%d %H:%M:%S} UTC " in row and "expir" not in row
 
     code, _ = kit.post(stack.function_url("send"), {"batches": [seeded.batch_id]})
@@ -139,12 +140,13 @@ def test_dashboard_flags_a_batch_whose_clean_files_expire_within_a_week(
     ctx = kit.context(settings, clients)
     spec = StudySpec(modality="CT", series=1, instances=2, study_index=random.randrange(10**9))
     seeded = kit.seed_batch(ctx, tmp_path, batch_name, [spec])
-    old = kit.age_batch(ctx, seeded, days=26)  # 4 days left of 30
+    retention = settings.processing_retention_days
+    old = kit.age_batch(ctx, seeded, days=retention - 4)  # 4 days left
     url = stack.function_url("status") + "/"
     dom = dump_dom(chromium, profile, url)
     assert f'<tr id="batch-{seeded.batch_id}" class="expiring">' in dom
     row = row_text(dom, seeded.batch_id)
-    assert f" {old + timedelta(days=30):%Y-%m-%d %H:%M:%S} UTC expiring soon" in row, row
+    assert f" {old + timedelta(days=retention):%Y-%m-%d %H:%M:%S} UTC expiring soon" in row, row
     assert "expiring within 7 days: send, or its clean files are deleted" in visible_text(dom)
     detail = visible_text(dump_dom(chromium, profile, f"{url}batches/{seeded.batch_id}"))
     assert "clean files expire" in detail and "expiring soon" in detail
