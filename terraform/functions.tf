@@ -35,6 +35,9 @@ locals {
     SENDIT_REDRIVE_SECONDS          = tostring(var.settings.redrive_seconds)
     SENDIT_AUTO_SEND                = tostring(var.settings.auto_send)
     SENDIT_STATUS_NAMES             = var.settings.status_names
+    # The processing bucket's lifecycle (storage.tf), from the same variable: the status API shows when
+    # an unsent batch's clean files expire.
+    SENDIT_PROCESSING_RETENTION_DAYS = tostring(var.storage.processing_retention_days)
     # functions-framework adds execution ids to JSON log lines; deid's own logger stays quiet.
     LOG_EXECUTION_ID = "true"
     MESSAGELEVEL     = "QUIET"

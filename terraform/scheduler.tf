@@ -4,6 +4,19 @@
 # (docs/state.md, "Completion"). The local stack runs the same tick from a small scheduler process.
 # The job publishes as Cloud Scheduler's service agent, which Pub/Sub authorises on this topic only.
 
+locals {
+  # An upper bound of the time between two sweep ticks, read from which fields of the cron expression
+  # (minute hour day-of-month month day-of-week) are restricted: none after the minute -> at least hourly;
+  # the hour -> daily; the day of week -> weekly; the day of month or the month -> taken as yearly. Used to
+  # check that the processing lifecycle outlasts a batch's completion (variables.tf, var.storage).
+  sweep_cron = concat(split(" ", trimspace(var.sweep_schedule)), ["*", "*", "*", "*", "*"])
+  sweep_interval_max_seconds = (
+    local.sweep_cron[2] != "*" || local.sweep_cron[3] != "*" ? 366 * 86400 :
+    local.sweep_cron[4] != "*" ? 7 * 86400 :
+    local.sweep_cron[1] != "*" ? 86400 : 3600
+  )
+}
+
 resource "google_cloud_scheduler_job" "sweep" {
   project     = var.project_id
   region      = var.region

@@ -232,6 +232,18 @@ variable "storage" {
     error_message = "Retention days must be at least 1."
   }
   validation {
+    # The processing lifecycle deletes clean files of a batch left unsent (docs/operations.md, "Expiry"); it
+    # is also SENDIT_PROCESSING_RETENTION_DAYS, bounded alike in sendit.config.
+    condition     = floor(var.storage.processing_retention_days) == var.storage.processing_retention_days && var.storage.processing_retention_days <= 36500
+    error_message = "storage.processing_retention_days must be a whole number of days, at most 36500."
+  }
+  validation {
+    # A batch must be able to complete before its clean files expire: after its stable age or manifest
+    # timeout, at the next sweep (local.sweep_interval_max_seconds, scheduler.tf).
+    condition     = var.storage.processing_retention_days * 86400 > max(var.settings.stable_age_seconds, var.settings.manifest_timeout_seconds) + local.sweep_interval_max_seconds
+    error_message = "storage.processing_retention_days must be longer than settings.stable_age_seconds and settings.manifest_timeout_seconds plus the sweep interval (sweep_schedule)."
+  }
+  validation {
     condition     = var.storage.identified_soft_delete_seconds == 0 || (var.storage.identified_soft_delete_seconds >= 604800 && var.storage.identified_soft_delete_seconds <= 7776000)
     error_message = "identified_soft_delete_seconds must be 0 (off) or between 7 and 90 days (GCS limits)."
   }

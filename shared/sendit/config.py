@@ -41,6 +41,8 @@ def _log_level(value: str) -> str:
 DELIVERY_TARGETS = ("bucket", "dicomweb")
 DICOMWEB_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 IDENTITY_AUTH = ("id-token", "token", "none")
+RETENTION = "SENDIT_PROCESSING_RETENTION_DAYS"
+MAX_RETENTION_DAYS = 36_500  # also the bound of var.storage.processing_retention_days
 
 
 def _seconds(value: str) -> float:
@@ -227,6 +229,10 @@ class Settings:
     redrive_seconds: int = 900
     upload_topic: str = ""
     auto_send: bool = False  # SENDIT_AUTO_SEND: queue a batch for delivery as soon as it is complete
+    # SENDIT_PROCESSING_RETENTION_DAYS: the processing bucket's lifecycle (Terraform passes the value of
+    # var.storage.processing_retention_days that sets it): clean files of a batch left unsent are deleted
+    # this many days after they were written; the status API shows when (sendit.expiry).
+    processing_retention_days: int = 30
     status_names: str = "shown"  # SENDIT_STATUS_NAMES: shown | hidden (folder/object names in the status API)
 
     @classmethod
@@ -332,8 +338,8 @@ def _metadata(read: _Reader, image_table: str) -> dict[str, Any]:
 
 
 def _completion(read: _Reader) -> dict[str, Any]:
-    """The completion, sweep, auto-send and status-name settings (docs/state.md)."""
-    return {
+    """The completion, sweep, auto-send, status-name and retention settings (docs/state.md)."""
+    values = {
         "stable_age_seconds": read.between("SENDIT_STABLE_AGE_SECONDS", 60, 1, 86_400),
         "manifest_timeout_seconds": read.between("SENDIT_MANIFEST_TIMEOUT_SECONDS", 3600, 1, 7 * 86_400),
         "tally_shards": read.between("SENDIT_TALLY_SHARDS", 16, 1, 256),
@@ -342,4 +348,12 @@ def _completion(read: _Reader) -> dict[str, Any]:
         "upload_topic": read.source.get("SENDIT_UPLOAD_TOPIC", "").strip() or topology()["topics"]["uploads"],
         "auto_send": read.conv("SENDIT_AUTO_SEND", False, _flag),
         "status_names": read.choice("SENDIT_STATUS_NAMES", "shown", ("shown", "hidden")),
+        "processing_retention_days": read.between(RETENTION, 30, 1, MAX_RETENTION_DAYS),
     }
+    # Clean files must outlive the time a batch takes to complete (terraform/variables.tf checks the same).
+    longest = max(values["stable_age_seconds"], values["manifest_timeout_seconds"]) + values["sweep_seconds"]
+    if 0 < values["processing_retention_days"] * 86_400 <= longest:
+        read.problems.append(
+            f"{RETENTION}: must be longer than the stable age or manifest timeout plus the sweep interval"
+        )
+    return values

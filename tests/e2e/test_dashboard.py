@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def visible_text(dom: str) -> str:
 
 
 def row_text(dom: str, batch_id: str) -> str:
-    match = re.search(rf'(?s)<tr id="batch-{batch_id}">(.*?)</tr>', dom)
+    match = re.search(rf'(?s)<tr id="batch-{batch_id}"[^>]*>(.*?)</tr>', dom)
     assert match, f"no dashboard row for {batch_id}"
     return visible_text(match.group(1))
 
@@ -93,6 +94,10 @@ def test_dashboard_shows_the_batch_moving_to_sent(
     assert re.match(rf"{seeded.batch_id} {batch_name} DONEPROCESSING 5/5 4 0 1 0 ", row), row
     assert row.endswith(" 1")
     assert '<meta http-equiv="refresh" content="5">' in dom
+    # When its clean files expire: the first one's time plus the retention (30 days), not flagged yet.
+    retention = timedelta(days=settings.processing_retention_days)
+    expires = kit.batch_doc(ctx, seeded.batch_id)["first_clean_at"] + retention
+    assert f" {expires:%Y-%m-%d %H:%M:%S} UTC " in row and "expir" not in row
 
     code, _ = kit.post(stack.function_url("send"), {"batches": [seeded.batch_id]})
     assert code == 202
@@ -102,6 +107,7 @@ def test_dashboard_shows_the_batch_moving_to_sent(
     row = row_text(dom, seeded.batch_id)
     assert re.match(rf"{seeded.batch_id} {batch_name} SENT 5/5 0 0 1 4 ", row), row
     assert " UTC 4 1" in row  # sent at ..., 4 rows delivered, 1 error
+    assert f"{expires:%Y-%m-%d %H:%M:%S}" not in row  # sent: nothing left to expire
 
     # The batch page, reached by the link on the overview: files with states and pseudonyms only.
     assert f'href="batches/{seeded.batch_id}"' in dom
@@ -126,3 +132,21 @@ def test_dashboard_shows_the_batch_moving_to_sent(
         timeout=60,
     )
     assert done.returncode == 0 and shot.stat().st_size > 5000
+
+
+def test_dashboard_flags_a_batch_whose_clean_files_expire_within_a_week(
+    stack: Any, settings: Any, clients: Any, chromium: str, profile: Path, tmp_path: Path, batch_name: str
+) -> None:
+    ctx = kit.context(settings, clients)
+    spec = StudySpec(modality="CT", series=1, instances=2, study_index=random.randrange(10**9))
+    seeded = kit.seed_batch(ctx, tmp_path, batch_name, [spec])
+    retention = settings.processing_retention_days
+    old = kit.age_batch(ctx, seeded, days=retention - 4)  # 4 days left
+    url = stack.function_url("status") + "/"
+    dom = dump_dom(chromium, profile, url)
+    assert f'<tr id="batch-{seeded.batch_id}" class="expiring">' in dom
+    row = row_text(dom, seeded.batch_id)
+    assert f" {old + timedelta(days=retention):%Y-%m-%d %H:%M:%S} UTC expiring soon" in row, row
+    assert "expiring within 7 days: send, or its clean files are deleted" in visible_text(dom)
+    detail = visible_text(dump_dom(chromium, profile, f"{url}batches/{seeded.batch_id}"))
+    assert "clean files expire" in detail and "expiring soon" in detail

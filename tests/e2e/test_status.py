@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,10 @@ import requests
 from support import sendkit as kit
 from support.dicom import StudySpec
 
+from sendit.stages import sweep
+
 pytestmark = pytest.mark.stack
+MS = timedelta(milliseconds=1)
 
 
 @pytest.fixture
@@ -108,3 +112,44 @@ def test_root_serves_dashboard_to_browsers_and_json_to_clients(stack: Any, seede
     as_json = requests.get(url, headers={"Accept": "*/*"}, timeout=30)
     assert as_json.headers["Content-Type"].startswith("application/json")
     assert seeded.batch_id in {b["id"] for b in as_json.json()["batches"]}
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def test_a_complete_batch_shows_when_its_clean_files_expire(
+    stack: Any, settings: Any, clients: Any, seeded: kit.Seeded
+) -> None:
+    ctx = kit.context(settings, clients)
+    docs = [f for f in kit.file_docs(ctx, seeded.batch_id) if f["state"] == "ANONYMIZED"]
+    first_clean = min(f["finished_at"] for f in docs)
+    retention = timedelta(days=settings.processing_retention_days)  # the Terraform default, 30 days
+    code, body = kit.get_json(f"{stack.function_url('status')}/batches/{seeded.batch_id}")
+    assert code == 200 and body["status"] == "DONEPROCESSING"
+    assert abs(_time(body["expires_at"]) - (first_clean + retention)) < MS
+    assert abs(_time(body["first_clean_at"]) - first_clean) < MS
+    assert body["expiring_soon"] is False and body["expired"] is False
+    code, listing = kit.get_json(f"{stack.function_url('status')}/batches")
+    (row,) = [b for b in listing["batches"] if b["id"] == seeded.batch_id]
+    assert (row["expires_at"], row["expiring_soon"]) == (body["expires_at"], False)
+    assert seeded.batch_id not in sweep.expiring(ctx)  # the sweep's WARNING counts only batches near expiry
+
+
+def test_a_batch_left_unsent_for_weeks_is_flagged(
+    stack: Any, settings: Any, clients: Any, tmp_path: Path, batch_name: str
+) -> None:
+    ctx = kit.context(settings, clients)
+    spec = StudySpec(modality="CT", series=1, instances=2, study_index=random.randrange(10**9))
+    seeded = kit.seed_batch(ctx, tmp_path, batch_name, [spec])
+    retention = settings.processing_retention_days
+    old = kit.age_batch(ctx, seeded, days=retention - 5)  # 5 days left
+    url = stack.function_url("status")
+    code, body = kit.get_json(f"{url}/batches/{seeded.batch_id}")
+    assert code == 200 and body["status"] == "DONEPROCESSING"
+    assert abs(_time(body["expires_at"]) - (old + timedelta(days=retention))) < MS
+    assert body["expiring_soon"] is True and body["expired"] is False
+    page = requests.get(f"{url}/batches", headers={"Accept": "text/html"}, timeout=30).text
+    assert f'<tr id="batch-{seeded.batch_id}" class="expiring">' in page
+    assert "expiring within 7 days" in page
+    assert seeded.batch_id in sweep.expiring(ctx)  # and the sweep's WARNING counts it

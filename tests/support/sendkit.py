@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,6 +85,29 @@ def seed_batch(
     if finalized != status:
         ctx.store.batch_ref(batch_id).update({"status": status})
     return seeded
+
+
+def age_batch(ctx: Context, seeded: Seeded, days: float) -> datetime:
+    """Make a settled batch look as if its first clean file was recorded ``days`` ago: that file's
+    ``finished_at`` is moved back, the batch is reopened and settled again (``completion.evaluate``, which
+    derives ``first_clean_at`` from the file documents). Returns the new first clean time."""
+    old = datetime.now(UTC) - timedelta(days=days)
+    key = seeded.anonymized[0]["key"]
+    ctx.store.file_ref(key).update({"finished_at": old})
+    snap = ctx.store.batch_ref(seeded.batch_id).get()
+    assert batches.reopen_batch(ctx.store, batch=seeded.batch_id, snap=snap)
+    completion.evaluate(ctx, seeded.batch_id, force=True)  # or the sweep settles it first: the same fields
+
+    def settled_again() -> bool:
+        doc = batch_doc(ctx, seeded.batch_id)
+        at = doc.get("first_clean_at")
+        return doc.get("status") == BatchState.DONEPROCESSING and at is not None and abs(at - old) < _MS
+
+    wait_for(settled_again, 30, what="the aged batch settled again")
+    return old
+
+
+_MS = timedelta(milliseconds=1)
 
 
 def _notification(ctx: Context, name: str, raw: bytes) -> ObjectFinalized:

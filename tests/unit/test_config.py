@@ -187,3 +187,39 @@ def test_invalid_log_level_fails_fast_naming_the_variable_not_the_value() -> Non
     message = str(info.value)
     assert "SENDIT_LOG_LEVEL" in message and "DEBUG, INFO, WARNING, ERROR, CRITICAL" in message
     assert "7734981" not in message
+
+
+def test_processing_retention_defaults_to_the_terraform_default_and_is_parsed() -> None:
+    assert Settings.from_env(BASE).processing_retention_days == 30
+    assert (
+        Settings.from_env({**BASE, "SENDIT_PROCESSING_RETENTION_DAYS": " 90 "}).processing_retention_days
+        == 90
+    )
+    # The longest stable age (a day) plus a sweep needs more than one day of retention.
+    long_wait = {"SENDIT_STABLE_AGE_SECONDS": "86400", "SENDIT_PROCESSING_RETENTION_DAYS": "2"}
+    assert Settings.from_env({**BASE, **long_wait}).processing_retention_days == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"SENDIT_PROCESSING_RETENTION_DAYS": "0"}, "must be between 1 and 36500"),
+        ({"SENDIT_PROCESSING_RETENTION_DAYS": "36501"}, "must be between 1 and 36500"),
+        ({"SENDIT_PROCESSING_RETENTION_DAYS": "2.5"}, "expected a whole number"),
+        ({"SENDIT_PROCESSING_RETENTION_DAYS": "a month"}, "expected a whole number"),
+        (
+            {"SENDIT_PROCESSING_RETENTION_DAYS": "1", "SENDIT_STABLE_AGE_SECONDS": "86400"},
+            "must be longer than the stable age or manifest timeout plus the sweep interval",
+        ),
+        (
+            {"SENDIT_PROCESSING_RETENTION_DAYS": "7", "SENDIT_MANIFEST_TIMEOUT_SECONDS": "604800"},
+            "must be longer than the stable age or manifest timeout plus the sweep interval",
+        ),
+    ],
+)
+def test_processing_retention_fails_fast_naming_the_variable(env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**BASE, **env})
+    message = str(caught.value)
+    assert f"SENDIT_PROCESSING_RETENTION_DAYS: {says}" in message
+    assert env["SENDIT_PROCESSING_RETENTION_DAYS"] not in message.replace("36500", "")

@@ -590,6 +590,105 @@ def test_completion_settings_are_passed_and_validated() -> None:
         assert f"var.settings.{field}" in conditions, field
 
 
+def test_the_processing_retention_reaches_the_functions_from_the_lifecycle_variable() -> None:
+    """One variable sets the processing bucket's lifecycle and SENDIT_PROCESSING_RETENTION_DAYS."""
+    bucket = resource("google_storage_bucket", "identified")
+    assert bucket["for_each"] == "${local.identified_buckets}"
+    delete = [r for r in bucket["lifecycle_rule"] if first(r["action"])["type"] == "Delete"]
+    assert [first(r["condition"])["age"] for r in delete] == ["${each.value}"]
+    assert locals_()["identified_buckets"]["processing"] == "${var.storage.processing_retention_days}"
+    env = locals_()["settings_env"]
+    assert env["SENDIT_PROCESSING_RETENTION_DAYS"] == "${tostring(var.storage.processing_retention_days)}"
+    default = evaluate("var.storage.processing_retention_days")
+    assert default == Settings.processing_retention_days == 30  # the same default on both sides
+    conditions = " ".join(v["condition"] for v in variables()["storage"]["validation"])
+    for name in (
+        "var.settings.stable_age_seconds",
+        "var.settings.manifest_timeout_seconds",
+        "local.sweep_interval_max_seconds",
+    ):
+        assert name in conditions, name
+
+
+def _plan_inputs(workdir: Path, *assignments: str) -> subprocess.CompletedProcess[str]:
+    """``terraform plan`` of variables.tf with the sweep-interval locals (no provider, no resource)."""
+    binary = shutil.which("terraform")
+    if binary is None:
+        pytest.skip("terraform is not on PATH (variable validation needs only the binary)")
+    if not (workdir / "variables.tf").exists():
+        shutil.copy(TF / "variables.tf", workdir / "variables.tf")
+        scheduler = (TF / "scheduler.tf").read_text(encoding="utf-8")
+        block = re.search(r"(?ms)^locals \{\n.*?^\}\n", scheduler)
+        assert block and "sweep_interval_max_seconds" in block.group(0)
+        (workdir / "locals.tf").write_text(block.group(0), encoding="utf-8")
+        init = subprocess.run(
+            [binary, "init", "-input=false", "-no-color"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert init.returncode == 0, init.stdout + init.stderr
+    required = ["project_id=sendit-check-123", "bundle_path=b/sendit-functions-0123456789ab.zip"]
+    args = [arg for pair in (*required, *assignments) for arg in ("-var", pair)]
+    return subprocess.run(
+        [binary, "plan", "-input=false", "-no-color", "-lock=false", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("assignments", "accepted"),
+    [
+        ((), True),  # 30 days, a 60 s stable age, a 1 h manifest timeout, a sweep every minute
+        (("storage={processing_retention_days=1}",), True),
+        (("storage={processing_retention_days=1}", "settings={stable_age_seconds=86400}"), False),
+        (("storage={processing_retention_days=2}", "settings={stable_age_seconds=86400}"), True),
+        (("storage={processing_retention_days=7}", "settings={manifest_timeout_seconds=604800}"), False),
+        (("storage={processing_retention_days=8}", "settings={manifest_timeout_seconds=604800}"), True),
+        (("storage={processing_retention_days=7}", "sweep_schedule=0 3 * * 1"), False),  # weekly sweep
+        (("storage={processing_retention_days=30}", "sweep_schedule=0 3 1 * *"), False),  # monthly
+        (("storage={processing_retention_days=2}", "sweep_schedule=0 3 * * *"), True),  # daily
+        (("storage={processing_retention_days=2.5}",), False),
+        (("storage={processing_retention_days=36501}",), False),
+    ],
+)
+def test_the_processing_lifecycle_must_outlast_completion(
+    tmp_path_factory: pytest.TempPathFactory, assignments: tuple[str, ...], accepted: bool
+) -> None:
+    """The real terraform evaluates the validation rules: the lifecycle must be longer than the stable age
+    and the manifest timeout plus the sweep interval, whole days, within the bound sendit.config reads."""
+    workdir = tmp_path_factory.getbasetemp() / "tf-inputs"
+    workdir.mkdir(exist_ok=True)
+    result = _plan_inputs(workdir, *assignments)
+    output = result.stdout + result.stderr
+    assert (result.returncode == 0) == accepted, output[-3000:]
+    if not accepted:
+        assert "storage.processing_retention_days must be" in " ".join(output.split())
+    settings_env = {
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "SENDIT_STAGING_BUCKET": "a",
+        "SENDIT_PROCESSING_BUCKET": "b",
+        "SENDIT_DESTINATION_BUCKET": "c",
+        "SENDIT_BIGQUERY_TABLE": "p.d.t",
+        "SENDIT_DELIVER_TOPIC": "t",
+    }
+    values = dict(a.split("=", 1) for a in assignments)
+    for name, variable in (
+        ("processing_retention_days", "SENDIT_PROCESSING_RETENTION_DAYS"),
+        ("stable_age_seconds", "SENDIT_STABLE_AGE_SECONDS"),
+        ("manifest_timeout_seconds", "SENDIT_MANIFEST_TIMEOUT_SECONDS"),
+    ):
+        found = re.search(rf"{name}=([0-9.]+)", " ".join(values.values()))
+        if found:
+            settings_env[variable] = found.group(1)
+    if accepted:  # what Terraform accepts, the functions accept (the sweep runs at least as often)
+        Settings.from_env(settings_env, require_key=False)
+
+
 def test_the_sweep_may_republish_stalled_notifications_to_the_uploads_topic_only() -> None:
     env = locals_()["settings_env"]
     assert env["SENDIT_UPLOAD_TOPIC"] == "${local.topics.uploads}"

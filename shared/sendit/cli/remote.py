@@ -170,6 +170,15 @@ def waiting(batch: dict[str, Any]) -> str:
     return f"  waiting for {reason}" if reason else ""
 
 
+def expiry(batch: dict[str, Any]) -> str:
+    """When an unsent batch's clean files expire (the status API's expires_at), flagged when soon."""
+    at = str(batch.get("expires_at") or "")
+    if not at:
+        return ""
+    flag = "  EXPIRED" if batch.get("expired") else "  EXPIRING SOON" if batch.get("expiring_soon") else ""
+    return f"  expires {at[:16].replace('T', ' ')} UTC{flag}"
+
+
 def format_table(batches: list[dict[str, Any]]) -> str:
     if not batches:
         return "no batches\n"
@@ -184,7 +193,7 @@ def format_table(batches: list[dict[str, Any]]) -> str:
         folder = f"{_cut(str(b.get('folder', '')), 20):<20} " if folders else ""
         lines.append(
             f"{b['id']:<18} {folder}{b.get('status', ''):<15} {bar(done, total)} {done:>5}/{total:<5}"
-            f"  {text}{flag}{waiting(b)}"
+            f"  {text}{flag}{waiting(b)}{expiry(b)}"
         )
     return "\n".join(lines) + "\n"
 
@@ -196,7 +205,7 @@ def _cut(text: str, width: int) -> str:
 def format_batch(batch: dict[str, Any], files: list[dict[str, Any]]) -> str:
     """One batch with every file: its object name (or hashed name), state and reason."""
     lines = [f"batch {batch['id']}" + (f"  folder {batch['folder']}" if "folder" in batch else "")]
-    lines.append(f"status {batch.get('status', '')}{waiting(batch)}")
+    lines.append(f"status {batch.get('status', '')}{waiting(batch)}{expiry(batch)}")
     counts = batch.get("counts") or {}
     lines.append("files " + " ".join(f"{k.lower()}={v}" for k, v in counts.items() if v) or "files none")
     width = max([4, *(len(str(f.get("object") or f.get("name") or "")) for f in files)])

@@ -1,8 +1,9 @@
 """The status dashboard: the batch overview and one batch's page, as self-contained HTML.
 
 The pages carry only what the status API's JSON carries (ids, pseudonyms, states, counts, reasons, why an
-open batch is not complete yet, and - unless SENDIT_STATUS_NAMES=hidden - folder and object names, in their
-own ``folder``/``object`` cells); every value is escaped. The stylesheet is ``static/dashboard.css``,
+open batch is not complete yet, when an unsent batch's clean files expire - a row flagged ``expiring`` within
+``sendit.expiry.SOON_DAYS`` days -, and - unless SENDIT_STATUS_NAMES=hidden - folder and object names, in
+their own ``folder``/``object`` cells); every value is escaped. The stylesheet is ``static/dashboard.css``,
 inlined (the CSP allows no other source).
 """
 
@@ -12,6 +13,7 @@ import html
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from sendit.expiry import SOON_DAYS
 from sendit.resources import static_text
 from sendit.store.queries import ID_FIELDS
 from sendit.store.vocabulary import TERMINAL, BatchState, FileState
@@ -67,6 +69,12 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
     """The batch overview: one row per batch with its status, progress and counts."""
     by_status = {s: sum(1 for b in batches if b.get("status") == s) for s in ORDER}
     summary = " · ".join(f"{_e(s)}: {n}" for s, n in by_status.items() if n) or "no batches yet"
+    expiring = sum(1 for b in batches if b.get("expiring_soon"))
+    if expiring:
+        summary += (
+            f' <span class="expiring">{expiring} unsent batch{"es" if expiring > 1 else ""} expiring within'
+            f" {SOON_DAYS} days: send, or its clean files are deleted</span>"
+        )
     rows = []
     folders = any("folder" in b for b in batches)  # absent with SENDIT_STATUS_NAMES=hidden
     for b in batches:
@@ -74,7 +82,7 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
         done, total = _done(counts)
         last = (b.get("deliveries") or [{}])[-1]
         rows.append(
-            f'<tr id="batch-{_e(b["id"])}">'
+            f'<tr id="batch-{_e(b["id"])}"{_flagged(b)}>'
             f'<td class="id"><a href="batches/{quote(b["id"])}">{_e(b["id"])}</a></td>'
             + (f'<td class="folder">{_e(b.get("folder"))}</td>' if folders else "")
             + f'<td><span class="status s-{_e(b.get("status"))}">{_e(b.get("status"))}</span>'
@@ -82,7 +90,7 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
             f"<td>{_bar(done, total)}</td>{_counts_cells(counts)}"
             f'<td class="num">{_e(_size(b.get("size_bytes")))}</td>'
             f'<td class="num">{_e(_seconds(b.get("elapsed_seconds")))}</td>'
-            f"<td>{_e(_when(b.get('sent_at')))}</td>"
+            f"<td>{_e(_when(b.get('sent_at')))}</td><td>{_expiry(b)}</td>"
             f'<td class="num">{_e(last.get("rows", ""))}</td>'
             f'<td class="{"err" if b.get("has_error") else ""}">'
             f"{len(b.get('errors') or []) if b.get('has_error') else ''}</td></tr>"
@@ -92,11 +100,27 @@ def render_dashboard(batches: list[dict[str, Any]], refresh: int = REFRESH_SECON
         + ("<th>folder</th>" if folders else "")
         + "<th>status</th><th>progress</th>"
         "<th>anonymized</th><th>skipped</th><th>failed</th><th>sent</th><th>size</th>"
-        "<th>processing</th><th>sent at</th><th>rows</th><th>errors</th></tr></thead><tbody>"
-        + ("".join(rows) or '<tr><td colspan="13" class="empty">no batches yet</td></tr>')
+        "<th>processing</th><th>sent at</th><th>expires</th><th>rows</th><th>errors</th></tr></thead><tbody>"
+        + ("".join(rows) or '<tr><td colspan="14" class="empty">no batches yet</td></tr>')
         + "</tbody></table>"
     )
     return _page("sendit batches", f'<p class="summary">{summary}</p>{table}', refresh)
+
+
+def _flagged(batch: dict[str, Any]) -> str:
+    return ' class="expiring"' if batch.get("expiring_soon") else ""
+
+
+def _expiry(batch: dict[str, Any]) -> str:
+    """When the clean files of an unsent batch expire, with a flag when soon or past (empty otherwise)."""
+    if not batch.get("expires_at"):
+        return ""
+    when = f'<span class="expires">{_e(_when(batch["expires_at"]))}</span>'
+    if batch.get("expired"):
+        return f'{when} <span class="flag expired">expired</span>'
+    if batch.get("expiring_soon"):
+        return f'{when} <span class="flag soon">expiring soon</span>'
+    return when
 
 
 def _waiting(batch: dict[str, Any]) -> str:
@@ -123,6 +147,8 @@ def render_batch(batch: dict[str, Any], refresh: int, page_size: int, state: str
         ("sent at", _e(_when(batch.get("sent_at")))),
         ("send time", _e(_seconds(batch.get("send_seconds")))),
     ]
+    if batch.get("expires_at"):
+        facts.append(("clean files expire", _expiry(batch)))
     body = ['<p><a href="../">all batches</a></p><dl class="facts">']
     body += [f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts]
     body.append("</dl>")

@@ -12,16 +12,19 @@
 
 The views come from ``sendit.store.queries`` (allow-listed fields only; folder and object names unless
 ``SENDIT_STATUS_NAMES=hidden``); an open batch carries ``completion`` (``sendit.completion``: why it is
-not DONEPROCESSING yet, from its tally). 404 for an unknown batch, 503 when the state store is unavailable.
+not DONEPROCESSING yet, from its tally), and a batch whose clean files wait for delivery ``expires_at``,
+``expiring_soon`` and ``expired`` (``sendit.expiry``: the processing bucket's lifecycle,
+``SENDIT_PROCESSING_RETENTION_DAYS``). 404 for an unknown batch, 503 when the state store is unavailable.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sendit import completion, naming
+from sendit import completion, expiry, naming
 from sendit.errors import UnknownBatch, is_transient
 from sendit.http import dashboard
 from sendit.http.responses import UNAVAILABLE, BadRequest, error, html_response, json_response
@@ -41,16 +44,21 @@ MAX_FOLDER = 1024  # GCS object names are at most 1,024 bytes
 
 
 class _Views:
-    """How this deployment shows batches: names shown or hidden, completion from the stable age."""
+    """How this deployment shows batches: names shown or hidden, completion from the stable age, expiry
+    from the processing bucket's retention."""
 
     def __init__(self, store: Store, settings: Settings | None) -> None:
         self.store = store
         self.names = getattr(settings, "status_names", "shown") != "hidden"
         self.stable_age = int(getattr(settings, "stable_age_seconds", 60))
+        self.retention_days = int(getattr(settings, "processing_retention_days", 30))
+        self.now = datetime.now(UTC)  # one clock reading per request: every batch judged alike
 
     def extra(self, batch_id: str, data: dict[str, Any]) -> dict[str, Any]:
         view = completion.completion_view(self.store, self.stable_age, batch_id, data)
-        return {"completion": view} if view is not None else {}
+        fields = {"completion": view} if view is not None else {}
+        fields.update(expiry.expiry_view(data, retention_days=self.retention_days, now=self.now))
+        return fields
 
 
 def _route(path: str) -> tuple[str, str | None]:

@@ -125,7 +125,12 @@ class LocalStack:
         )
         for name, default in LOCAL_COMPLETION.items():
             env[name] = os.environ.get(name) or default
-        for name in ("SENDIT_AUTO_SEND", "SENDIT_STATUS_NAMES", "SENDIT_TALLY_SHARDS"):
+        for name in (
+            "SENDIT_AUTO_SEND",
+            "SENDIT_STATUS_NAMES",
+            "SENDIT_TALLY_SHARDS",
+            "SENDIT_PROCESSING_RETENTION_DAYS",  # shown by the status API only: no lifecycle locally
+        ):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         env.update(self.function_env)

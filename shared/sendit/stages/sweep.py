@@ -12,6 +12,10 @@ still RECEIVED whose lease expired more than ``SENDIT_REDRIVE_SECONDS`` ago, in 
 OBJECT_FINALIZE notification re-published to the uploads topic, and the ordinary claim takes it from there
 (docs/reliability.md). Without it such a file would hold its batch open for ever.
 
+At most once an hour (``EXPIRY_CHECK_SECONDS``) it also counts the settled batches (DONEPROCESSING, SENDING)
+whose clean files expire within ``sendit.expiry.SOON_DAYS`` days, or already did, and logs them at WARNING
+(``event: expiring``: counts and batch ids, never a name): one query on the batches collection.
+
 Idempotent and safe to run concurrently (every write is preconditioned or create-if-absent). Errors are
 logged and the tick is acked: the next tick is the retry (a redelivered tick would only pile up).
 """
@@ -22,17 +26,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sendit import completion, events
+from sendit import completion, events, expiry
 from sendit.store import stalled, tally
+from sendit.store.vocabulary import BatchState
 
 if TYPE_CHECKING:
     from sendit.app.context import Context
 
 log = logging.getLogger(__name__)
 MAX_BATCHES = 1000  # open batches looked at per tick
+EXPIRY_CHECK_SECONDS = 3600  # how often an instance counts the batches near expiry
 
 
 @dataclass
@@ -41,6 +47,7 @@ class SweepResult:
     completed: dict[str, str] = field(default_factory=dict)  # batch id -> status written
     never_received: int = 0
     redriven: int = 0
+    expiring: int | None = None  # settled batches near expiry (None: not counted this tick)
     errors: int = 0
 
 
@@ -60,6 +67,7 @@ class _Due:
 
 
 _redrive_due = _Due()
+_expiry_due = _Due()
 
 
 def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> SweepResult:
@@ -83,6 +91,7 @@ def handle_event(ctx: Context, event_type: str, data: Any, event_id: str) -> Swe
             "completed": len(result.completed),
             "never_received": result.never_received,
             "redriven": result.redriven,
+            "expiring": result.expiring,
             "errors": result.errors,
             "sweep_ms": round((time.monotonic() - began) * 1000, 1),
         },
@@ -108,6 +117,12 @@ def sweep(ctx: Context) -> SweepResult:
         except Exception as exc:  # never stops completion; the next window retries
             result.errors += 1
             log.warning("sweep: re-drive failed", extra={"error": type(exc).__name__})
+    if _expiry_due.due(EXPIRY_CHECK_SECONDS, time.monotonic()):
+        try:
+            result.expiring = len(expiring(ctx))
+        except Exception as exc:  # a report only: the next check tries again
+            result.errors += 1
+            log.warning("sweep: expiry not checked", extra={"error": type(exc).__name__})
     snaps = open_batches(ctx)
     result.open_batches = len(snaps)
     for snap in snaps:
@@ -165,6 +180,34 @@ def redrive(ctx: Context) -> int:
         done += 1
         log.warning("stalled file re-driven: notification re-published", extra=where)
     return done
+
+
+def expiring(ctx: Context) -> list[str]:
+    """Ids of the settled batches whose clean files expire within SOON_DAYS (or did); a WARNING if any."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    store, now = ctx.store, datetime.now(UTC)
+    settled = [BatchState.DONEPROCESSING, BatchState.SENDING]
+    query = store.db.collection(store.batches).where(filter=FieldFilter("status", "in", settled))
+    soon, expired = [], 0
+    for snap in query.select(list(expiry.FIELDS)).limit(MAX_BATCHES).stream():
+        view = expiry.expiry_view(
+            snap.to_dict() or {}, retention_days=ctx.settings.processing_retention_days, now=now
+        )
+        if view.get("expiring_soon"):
+            soon.append(snap.id)
+            expired += 1 if view["expired"] else 0
+    if soon:
+        log.warning(
+            "unsent batches near expiry: send them, or their clean files are deleted",
+            extra={
+                "event": "expiring",
+                "expiring_soon": len(soon),
+                "expired": expired,
+                "batch_ids": sorted(soon)[:20],
+            },
+        )
+    return sorted(soon)
 
 
 def _manifest_overdue(ctx: Context, data: dict[str, Any]) -> bool:

@@ -137,6 +137,9 @@ def settle_fields(
         "study_uids": summary["study_uids"],
         "multiple_studies": summary["study_uids"] > 1,
         "late_files": summary["late_files"],
+        # When the first clean file still waiting for delivery was recorded (None: no clean file waits):
+        # its processing-bucket object expires first (sendit.expiry).
+        "first_clean_at": summary["first_clean_at"],
         "completed_by": how,
         "finish_time": finish,
         "elapsed_seconds": (finish - start).total_seconds() if isinstance(start, datetime) else None,
@@ -148,13 +151,15 @@ def settle_fields(
 
 
 def _summary(store: Store, batch: str, listed: set[str] | None) -> dict[str, Any]:
-    """Counts, size, per-StudyDate counts, distinct studies, late and unlisted files, first errors."""
+    """Counts, size, per-StudyDate counts, distinct studies, late and unlisted files, first errors, and
+    the earliest ``finished_at`` of the ANONYMIZED (clean, not yet sent) files."""
     counts = {str(s): 0 for s in FileState}
     dates: dict[str, int] = {}
     studies: set[str] = set()
     errors: list[dict[str, str]] = []
     late = unlisted = size = 0
-    fields = ["state", "reason", "study_date", "ids.study_uid", "late", "size"]
+    first_clean: datetime | None = None
+    fields = ["state", "reason", "study_date", "ids.study_uid", "late", "size", "finished_at"]
     for snap in store.files_of(batch).select(fields).stream():
         data = snap.to_dict() or {}
         state = str(data.get("state") or FileState.RECEIVED)
@@ -162,6 +167,9 @@ def _summary(store: Store, batch: str, listed: set[str] | None) -> dict[str, Any
         size += int(data.get("size") or 0)
         late += 1 if data.get("late") else 0
         unlisted += 1 if listed is not None and snap.id not in listed else 0
+        at = data.get("finished_at")
+        if state == FileState.ANONYMIZED and isinstance(at, datetime):
+            first_clean = at if first_clean is None else min(first_clean, at)
         if state in (FileState.ANONYMIZED, FileState.SENT):
             if data.get("study_date"):
                 dates[str(data["study_date"])] = dates.get(str(data["study_date"]), 0) + 1
@@ -178,4 +186,5 @@ def _summary(store: Store, batch: str, listed: set[str] | None) -> dict[str, Any
         "errors": errors,
         "late_files": late,
         "unlisted": unlisted,
+        "first_clean_at": first_clean,
     }

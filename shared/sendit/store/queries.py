@@ -41,9 +41,11 @@ BATCH_FIELDS = (
     "unlisted_files",
     "late_files",
     "completed_by",
+    "first_clean_at",
 )
 MANIFEST_FIELDS = ("count", "bytes", "created", "tool_version")
-# More fields for a batch view, from the batch id and document (the status API adds ``completion``).
+# More fields for a batch view, from the batch id and document (with the view's counts, derived on read
+# while the batch moves): the status API adds ``completion`` and the expiry (``sendit.expiry``).
 Extra = Callable[[str, dict[str, Any]], dict[str, Any]]
 DELIVERY_FIELDS = (
     "delivery_id",
@@ -104,7 +106,7 @@ def batch_view(
     if isinstance(data.get("manifest"), dict):
         view["manifest"] = {k: data["manifest"][k] for k in MANIFEST_FIELDS if k in data["manifest"]}
     if extra is not None:
-        view.update(extra(batch_id, data))
+        view.update(extra(batch_id, {**data, "counts": view["counts"]}))
     return view
 
 

@@ -25,6 +25,9 @@ BATCHES = [
         "start_time": "2026-01-01T10:00:00+00:00",
         "size_bytes": 1000,
         "deliveries": [],
+        "expires_at": "2026-01-31T10:00:12.5+00:00",
+        "expiring_soon": True,
+        "expired": False,
     },
     {
         "id": "bbbb000011112222",
@@ -123,6 +126,8 @@ def test_status_table_with_progress_bars(server: str, capsys: pytest.CaptureFixt
     assert lines[1].split()[:2] == ["aaaa000011112222", "PROCESSING"]
     assert "[" + "#" * 17 + "-" * 7 + "]" in lines[1] and "7/10" in lines[1]
     assert "4/4" in lines[2] and "errors=1" in lines[2]
+    assert lines[1].endswith("  expires 2026-01-31 10:00 UTC  EXPIRING SOON")  # clean files wait
+    assert "expires" not in lines[2]  # SENT: nothing waits
     method, path, _, headers = Handler.requests[0]
     assert (method, path) == ("GET", "/batches") and "Authorization" not in headers  # plain HTTP locally
 
@@ -233,6 +238,7 @@ def test_status_of_a_folder_prints_its_files_with_states_and_reasons(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "batch aaaa000011112222  folder Étude 京 01"
     assert out[1].startswith("status PROCESSING")
+    assert out[1].endswith("expires 2026-01-31 10:00 UTC  EXPIRING SOON")
     rows = [line.split("  ") for line in out if line.startswith("Étude")]
     assert [[c.strip() for c in r if c.strip()] for r in rows] == [
         ["Étude 京 01/notes.txt", "FAILED", "not DICOM"],
@@ -241,3 +247,11 @@ def test_status_of_a_folder_prints_its_files_with_states_and_reasons(
     assert cli.main(["status", "aaaa000011112222", "nothing here"]) == 1
     text = capsys.readouterr().out
     assert "batch aaaa000011112222" in text and "no batch for 'nothing here'" in text
+
+
+def test_expiry_column_says_expired_once_past_and_nothing_when_no_clean_file_waits() -> None:
+    gone = {"expires_at": "2026-01-31T10:00:00+00:00", "expiring_soon": True, "expired": True}
+    assert operator.expiry(gone) == "  expires 2026-01-31 10:00 UTC  EXPIRED"
+    later = {"expires_at": "2026-03-31T10:00:00+00:00", "expiring_soon": False, "expired": False}
+    assert operator.expiry(later) == "  expires 2026-03-31 10:00 UTC"
+    assert operator.expiry({"status": "SENT"}) == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sendit.http import dashboard, status_api
@@ -76,3 +78,39 @@ def test_batch_page_lists_files_errors_deliveries_and_next_page() -> None:
     assert "sendit batch 0123abcd" in page and "2026-01-02 03:04:05 UTC" in page and "2.0 KB" in page
     assert ">aa11<" in page and ">P1<" in page and ">2.25.1<" in page and "&lt;script&gt;" in page
     assert 'href="?page_token=k9&amp;page_size=2&amp;state=FAILED"' in page
+
+
+def _row(page: str, batch_id: str) -> str:
+    match = re.search(rf'(?s)<tr id="batch-{batch_id}"[^>]*>.*?</tr>', page)
+    assert match, batch_id
+    return match.group(0)
+
+
+def test_unsent_batches_show_when_their_clean_files_expire_and_soon_ones_are_flagged() -> None:
+    later = _batch(id="later", status="DONEPROCESSING", expires_at="2026-03-03T09:00:40+00:00")
+    later.update(expiring_soon=False, expired=False)
+    soon = _batch(id="soon", status="DONEPROCESSING", expires_at="2026-02-12T08:00:00+00:00")
+    soon.update(expiring_soon=True, expired=False)
+    gone = _batch(id="gone", status="PROCESSING", expires_at="2026-01-20T08:00:00+00:00")
+    gone.update(expiring_soon=True, expired=True)
+    sent = _batch(id="sent", status="SENT", sent_at="2026-01-02T03:04:05+00:00")
+    page = dashboard.render_dashboard([later, soon, gone, sent])
+    assert "<th>expires</th>" in page
+    assert '<tr id="batch-later">' in page and "2026-03-03 09:00:40 UTC" in _row(page, "later")
+    assert "expiring soon" not in _row(page, "later") and "expired" not in _row(page, "later")
+    assert _row(page, "soon").startswith('<tr id="batch-soon" class="expiring">')
+    assert '<span class="flag soon">expiring soon</span>' in _row(page, "soon")
+    assert '<span class="flag expired">expired</span>' in _row(page, "gone")
+    assert _row(page, "gone").startswith('<tr id="batch-gone" class="expiring">')
+    assert '<tr id="batch-sent">' in page and 'class="expires"' not in _row(page, "sent")
+    assert "2 unsent batches expiring within 7 days" in page  # the summary line
+    css = page.split("<style>")[1].split("</style>")[0]
+    assert "tr.expiring" in css and ".flag.expired" in css
+
+
+def test_batch_page_shows_the_expiry_of_its_clean_files() -> None:
+    batch = _batch(status="DONEPROCESSING", expires_at="2026-02-12T08:00:00+00:00", expiring_soon=True)
+    page = dashboard.render_batch({**batch, "expired": False, "files": []}, 5, 200, None)
+    assert "<dt>clean files expire</dt>" in page and "2026-02-12 08:00:00 UTC" in page
+    assert "expiring soon" in page
+    assert "clean files expire" not in dashboard.render_batch({**_batch(), "files": []}, 5, 200, None)
