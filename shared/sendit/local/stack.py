@@ -42,6 +42,10 @@ LOCAL_COMPLETION = {
     "SENDIT_SWEEP_SECONDS": "1",
 }
 
+# The local stack delivers to both targets: the destination bucket and its Orthanc (DICOMweb). `make up`
+# takes SENDIT_DELIVERY_TARGETS from its environment (bucket | dicomweb | bucket,dicomweb).
+LOCAL_DELIVERY = {"SENDIT_DELIVERY_TARGETS": "bucket,dicomweb"}
+
 
 @dataclass
 class Ports:
@@ -121,7 +125,7 @@ class LocalStack:
             SENDIT_LEASE_SECONDS=str(LOCAL_LEASE_SECONDS),
             SENDIT_DICOMWEB_URL=f"{self.orthanc_url}/dicom-web",
         )
-        for name, default in LOCAL_COMPLETION.items():
+        for name, default in {**LOCAL_COMPLETION, **LOCAL_DELIVERY}.items():
             env[name] = os.environ.get(name) or default
         for name in ("SENDIT_AUTO_SEND", "SENDIT_STATUS_NAMES", "SENDIT_TALLY_SHARDS"):
             if os.environ.get(name):
