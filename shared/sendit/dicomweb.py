@@ -37,7 +37,6 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from sendit.config import DICOMWEB_MAX_REQUEST_BYTES
-from sendit.errors import RetryableError
 
 if TYPE_CHECKING:
     from sendit.config import Settings
@@ -76,9 +75,8 @@ class DicomwebError(RuntimeError):
     """Base class of DICOMweb errors; messages carry statuses and counts, never header values."""
 
 
-class DicomwebUnavailable(DicomwebError, RetryableError):
-    """Transient: the server was unreachable or overloaded after all retries. Let Pub/Sub redeliver
-    (a ``RetryableError``: the deliver stage raises it on and releases its lease)."""
+class DicomwebUnavailable(DicomwebError):
+    """Transient: the server was unreachable or overloaded after all retries. Let Pub/Sub redeliver."""
 
 
 class DicomwebRequestError(DicomwebError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import random
 import subprocess
@@ -30,6 +31,8 @@ from pydicom import dcmread
 from support import phi
 from support import sendkit as kit
 from support.dicom import PLANTED, StudySpec, write_study
+from support.log_metrics import function_names, metric_filters
+from support.logquery import cloud_run_entry, compile_filter
 
 from sendit import dicomweb as dw
 from sendit import events, naming
@@ -38,6 +41,7 @@ from sendit.clients import Clients
 from sendit.config import Settings
 from sendit.errors import RetryableError
 from sendit.local.emulators import http_ok
+from sendit.logs import JsonFormatter
 from sendit.stages import deliver
 from sendit.store import deliveries as ds
 
@@ -312,9 +316,9 @@ def test_server_unavailable_after_retries_raises_and_the_redelivery_completes(
 
     session.hooks["response"].append(stop_after_first_series)
     short = Context(settings=ctx.settings, clients=ctx.clients, _dicomweb=dw.DicomwebClient(url, session))
-    with pytest.raises(dw.DicomwebUnavailable) as caught:
+    with pytest.raises(RetryableError) as caught:
         deliver.deliver_batch(short, seeded.batch_id, delivery_id)
-    assert isinstance(caught.value, RetryableError) and posts == [200]
+    assert caught.value.cause_type == "DicomwebUnavailable" and posts == [200]
     batch = kit.batch_doc(ctx, seeded.batch_id)
     assert batch["status"] == "SENDING" and "deliver_lease" not in batch and not batch.get("deliveries")
     assert sorted(f["state"] for f in kit.file_docs(ctx, seeded.batch_id)) == ["ANONYMIZED"] * 6
@@ -331,10 +335,11 @@ def test_server_unavailable_after_retries_raises_and_the_redelivery_completes(
 
 
 def test_an_instance_orthanc_refuses_fails_alone_with_its_reason(
-    stack: Any, ctx: Context, tmp_path: Path, batch_name: str
+    stack: Any, ctx: Context, tmp_path: Path, batch_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A clean object whose pixel data is cut short: its header reads (so it is sent), Orthanc cannot
-    parse it and refuses it (400). That file is FAILED with the reason; the others arrive everywhere."""
+    parse it and refuses it (400). That file is FAILED with the reason; the others arrive everywhere. Its
+    one log line carries the file key and the reason, and counts as a failed file (monitoring.tf)."""
     seeded = kit.seed_batch(ctx, tmp_path, batch_name, _studies(series=2, instances=2))
     bad, *good = seeded.anonymized
     bucket, name = naming.split_gs_uri(bad["clean_uri"])
@@ -342,9 +347,24 @@ def test_an_instance_orthanc_refuses_fails_alone_with_its_reason(
     blob.upload_from_string(blob.download_as_bytes()[:-1024], content_type="application/dicom")
     delivery_id = _queue(ctx, seeded.batch_id)
 
-    result = deliver.deliver_batch(ctx, seeded.batch_id, delivery_id)
+    with caplog.at_level(logging.INFO, logger="sendit.deliver"):
+        result = deliver.deliver_batch(ctx, seeded.batch_id, delivery_id)
 
     reason = "dicomweb-http-400"
+    (line,) = [
+        json.loads(JsonFormatter().format(r)) for r in caplog.records if r.getMessage() == "file FAILED"
+    ]
+    assert {k: line[k] for k in ("event", "file_key", "batch_id", "state", "reason")} == {
+        "event": "delivery_failure",
+        "file_key": bad["key"],
+        "batch_id": seeded.batch_id,
+        "state": "FAILED",
+        "reason": reason,
+    }
+    assert line["severity"] == "WARNING" and not kit.planted_in(json.dumps(line))
+    entry = cloud_run_entry(line, function_names()["deliver"])
+    matching = {m for m, f in metric_filters().items() if compile_filter(f)(entry)}
+    assert matching == {"failed_files"}  # a failed file; not a second terminal outcome, not an error
     assert result.status == "SENT" and result.errors == [{"file": bad["key"], "reason": reason}]
     assert (result.files, result.dicomweb_stored, result.dicomweb_failed) == (3, 3, 1)
     states = {f["key"]: (f["state"], f.get("reason")) for f in kit.file_docs(ctx, seeded.batch_id)}

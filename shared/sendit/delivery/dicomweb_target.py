@@ -13,9 +13,10 @@ ends in one outcome:
   storable instance); codes and statuses only, never a header value;
 - missing: its clean object is gone.
 
-``DicomwebUnavailable`` (the server down or overloaded after the client's retries; a ``RetryableError``)
-and ``DicomwebRequestError`` (the whole request refused: auth, URL) propagate: the delivery raises, marks
-nothing, and Pub/Sub redelivers; the redelivery finds by QIDO-RS what the first attempt stored.
+``DicomwebUnavailable`` (the server down or overloaded after the client's retries; the stage raises it on
+as a ``RetryableError``) and ``DicomwebRequestError`` (the whole request refused: auth, URL) propagate:
+the delivery raises, marks nothing, and Pub/Sub redelivers; the redelivery finds by QIDO-RS what the
+first attempt stored.
 """
 
 from __future__ import annotations

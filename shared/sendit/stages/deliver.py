@@ -13,9 +13,9 @@ with a delivery record saying where it went. Every step can be repeated: object 
 stored again, rows already in the table for the batch are not inserted again and carry stable insert ids,
 and the delivery record is appended once per delivery id. A file that cannot be delivered (pseudonyms or
 clean object missing, a row that cannot be built, an instance the DICOMweb server refuses) is FAILED with
-the reason and the rest of the batch goes on. A transient error (``DicomwebUnavailable`` included) raises
-so Pub/Sub redelivers; after the last attempt ``stages.dead_letter`` puts the batch back to
-DONEPROCESSING with the reason.
+the reason and the rest of the batch goes on. A transient error raises so Pub/Sub redelivers
+(``DicomwebUnavailable`` as a ``RetryableError``, its cause logged at WARNING); after the last attempt
+``stages.dead_letter`` puts the batch back to DONEPROCESSING with the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from sendit import events, naming
 from sendit.delivery import cleanup, dicomweb_target, objects, rows, studies
 from sendit.delivery.objects import Item, Written, to_int
-from sendit.errors import BatchBusy, BatchReopened, EventError, RowError
+from sendit.dicomweb import DicomwebUnavailable
+from sendit.errors import BatchBusy, BatchReopened, EventError, RetryableError, RowError
 from sendit.store import batches, deliveries, files
 from sendit.store.deliveries import DeliveryClaim, SentFile
 from sendit.store.vocabulary import FileState
@@ -111,8 +112,10 @@ def deliver_batch(
     result.delivery_id = claim.delivery_id or uuid.uuid4().hex
     try:
         _deliver(ctx, claim, result, owner, insert_rows or rows.insert_rows, clock)
-    except BaseException:
+    except BaseException as exc:
         deliveries.release_delivery(ctx.store, batch_id=batch_id, owner=owner)
+        if isinstance(exc, DicomwebUnavailable):
+            raise _unavailable(result, exc) from None
         raise
     log.info(
         "deliver: batch delivered",
@@ -136,6 +139,17 @@ def deliver_batch(
         },
     )
     return result
+
+
+def _unavailable(result: Delivery, exc: DicomwebUnavailable) -> RetryableError:
+    """The DICOMweb server down or overloaded after the client's retries: transient, the cause logged at
+    WARNING, and a ``RetryableError`` for Pub/Sub to redeliver (a planned retry, not a function error)."""
+    log.warning(
+        "deliver: DICOMweb server unavailable, the message will be redelivered",
+        extra={"batch_id": result.batch_id, "delivery_id": result.delivery_id, "error": str(exc)},
+    )
+    name = type(exc).__name__
+    return RetryableError(f"transient error during dicomweb: {name}", step="dicomweb", cause_type=name)
 
 
 def _deliver(
