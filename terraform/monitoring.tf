@@ -26,9 +26,10 @@ locals {
         AND jsonPayload.event="file_outcome"
       EOT
     }
-    # "file FAILED": the file_outcome lines of anonymize and dead_letter, and the give-up line of
-    # anonymize (which carries no event field). A duplicate notification of a failed file logs
-    # "duplicate: file already FAILED" with state FAILED: not counted again.
+    # "file FAILED": the file_outcome lines of anonymize and dead_letter, the give-up line of anonymize
+    # (which carries no event field) and deliver's line for a file it could not deliver (event
+    # delivery_failure, e.g. refused by the DICOMweb server). A duplicate notification of a failed file
+    # logs "duplicate: file already FAILED" with state FAILED: not counted again.
     failed_files = {
       description = "Files marked FAILED (not DICOM, corrupt, gone, given up after retries, dead-lettered)."
       kind        = "counter"

@@ -6,7 +6,8 @@
 - ``name_hash``: a short unkeyed hash of an object name, for logs and the status API;
 - ``clean_object_name``: a clean file in the processing bucket; ``instance_object_name`` /
   ``archive_object_name``: a delivered file or study archive in the destination bucket;
-- ``insert_id``: the BigQuery insert id of one image of one batch.
+- ``insert_id``: the BigQuery insert id of one image of one batch;
+- ``dicomweb_study_url`` / ``dicomweb_instance_url``: a delivered study or instance on the DICOMweb server.
 """
 
 from __future__ import annotations
@@ -94,6 +95,17 @@ def study_insert_id(delivery_id: str, study_uid: str) -> str:
 
 def gs_uri(bucket: str, name: str) -> str:
     return f"gs://{bucket}/{name}"
+
+
+def dicomweb_study_url(root: str, study_uid: str) -> str:
+    """A study on the DICOMweb server (``SENDIT_DICOMWEB_URL`` is the service root): QIDO/WADO-RS path."""
+    return f"{root.rstrip('/')}/studies/{study_uid}"
+
+
+def dicomweb_instance_url(root: str, ids: Mapping[str, str]) -> str:
+    """One instance on the DICOMweb server (its WADO-RS URL), from its pseudonymous UIDs."""
+    study = dicomweb_study_url(root, ids["study_uid"])
+    return f"{study}/series/{ids['series_uid']}/instances/{ids['instance_uid']}"
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:

@@ -98,7 +98,8 @@ def test_one_row_per_study_matches_image_rows_and_bucket(ctx: Any, tmp_path: Pat
         )
         assert row["deid_method"] == mine[0]["deid_method"]
         assert row["recipe_hash"] and row["recipe_hash"] in mine[0]["deid_method"]
-        assert row["dicomweb_url"] is None  # the dicomweb target is off
+        # the local stack delivers to its Orthanc too (SENDIT_DELIVERY_TARGETS=bucket,dicomweb)
+        assert row["dicomweb_url"] == f"{ctx.settings.dicomweb_url}/studies/{row['study_uid']}"
         assert (row["images_skipped"], row["images_failed"]) == (0, 0)
     assert [r["series_count"] for r in rows] == [3, 1] and [r["modalities"] for r in rows] == [["CT"], ["MR"]]
 

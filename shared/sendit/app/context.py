@@ -1,6 +1,7 @@
 """``Context``: what every handler needs, created once per instance.
 
-Settings, clients and the de-identification engine are created on first use and reused by every request.
+Settings, clients, the de-identification engine and the DICOMweb client are created on first use and
+reused by every request.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from sendit.store.base import Store
 
 if TYPE_CHECKING:
     from sendit.deid.engine import Engine
+    from sendit.dicomweb import DicomwebClient
 
 
 @dataclass
 class Context:
-    """Settings, the client bundle, the Firestore ``Store`` and (lazily) the engine."""
+    """Settings, the client bundle, the Firestore ``Store`` and (lazily) the engine and DICOMweb client."""
 
     settings: Settings
     clients: Clients
     _engine: Engine | None = field(default=None, repr=False)
+    _dicomweb: DicomwebClient | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -36,6 +39,17 @@ class Context:
 
                     self._engine = Engine.from_settings(self.settings)
         return self._engine
+
+    @property
+    def dicomweb(self) -> DicomwebClient:
+        """The DICOMweb client of ``SENDIT_DICOMWEB_URL`` (its session, auth and retry policy), built once."""
+        if self._dicomweb is None:
+            with self._lock:
+                if self._dicomweb is None:
+                    from sendit.dicomweb import DicomwebClient
+
+                    self._dicomweb = DicomwebClient.from_settings(self.settings)
+        return self._dicomweb
 
     @cached_property
     def store(self) -> Store:

@@ -1,13 +1,15 @@
 """After a delivery: remove the processing and staging objects of files whose destination verifies.
 
-A file's objects go only when its destination object exists with the MD5 recorded at delivery. Failures
-are logged and keep the objects; they never fail the delivery, which already succeeded.
+A file's objects go only when its destination object exists with the MD5 recorded at delivery (or, when
+the DICOMweb server is the only target, when the server holds its instance: ``held``). Failures are
+logged and keep the objects; they never fail the delivery, which already succeeded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,8 +20,10 @@ from sendit.store.vocabulary import FileState
 log = logging.getLogger("sendit.deliver")
 
 
-def cleanup(storage: Any, files: list[dict[str, Any]]) -> tuple[int, int]:
-    """Remove the objects of delivered ``files`` (file documents) that verify; (files cleaned, kept)."""
+def cleanup(storage: Any, files: list[dict[str, Any]], held: Collection[str] = ()) -> tuple[int, int]:
+    """Remove the objects of delivered ``files`` (file documents) that verify; (files cleaned, kept).
+
+    ``held``: keys of files verified elsewhere (their instance is on the DICOMweb server)."""
     checked: dict[str, str | None] = {}
 
     def destination_md5(uri: str) -> str | None:
@@ -34,7 +38,8 @@ def cleanup(storage: Any, files: list[dict[str, Any]]) -> tuple[int, int]:
     kept = 0
     for doc in files:
         uri, md5 = doc.get("sent_uri"), doc.get("sent_md5")
-        if doc.get("state") == FileState.SENT and uri and md5 and destination_md5(str(uri)) == md5:
+        at_destination = bool(uri and md5 and destination_md5(str(uri)) == md5)
+        if doc.get("state") == FileState.SENT and (doc.get("key") in held or at_destination):
             verified.append(doc)
         else:
             kept += 1

@@ -27,7 +27,9 @@ _SPOOL_MEMBER = 16 * 1024 * 1024
 
 @dataclass
 class Item:
-    """One file to deliver: its pseudonyms, its clean object, its engine row, and where it went."""
+    """One file to deliver: its pseudonyms, its clean object, its engine row, and where it went
+    (``uri``, ``md5``, ``size``: the bucket object, or the DICOMweb instance without the bucket target;
+    ``dicomweb``: ``stored`` or ``already_present`` once the DICOMweb target has it)."""
 
     key: str
     ids: dict[str, str]
@@ -39,6 +41,7 @@ class Item:
     uri: str = ""
     md5: str | None = None
     size: int | None = None
+    dicomweb: str | None = None
 
 
 @dataclass

@@ -36,9 +36,10 @@ STUDY_DESCRIPTION, SERIES_DESCRIPTION = "00081030", "0008103E"  # keys of the he
 
 @dataclass(frozen=True)
 class Where:
-    """Where a delivery went: the destination bucket, the layout and the DICOMweb root when on."""
+    """Where a delivery went: the destination bucket (None without the bucket target), the layout and the
+    DICOMweb root when that target is on."""
 
-    bucket: str
+    bucket: str | None
     collection: str
     layout: str  # instance | tar
     dicomweb_url: str | None = None
@@ -116,7 +117,7 @@ def _row(study: _Study, batch_id: str, delivery_id: str, where: Where) -> dict[s
         "bytes": sum(sizes.values()),
         "gcs_prefix": prefix,
         "https_url": link,
-        "dicomweb_url": f"{where.dicomweb_url}/studies/{study.ids['study_uid']}"
+        "dicomweb_url": naming.dicomweb_study_url(where.dicomweb_url, study.ids["study_uid"])
         if where.dicomweb_url
         else None,
         "deid_method": method,
@@ -147,8 +148,11 @@ def _series(images: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _location(ids: Mapping[str, str], where: Where, uris: list[str]) -> tuple[str, str]:
-    """The gs:// folder (instance) or archive (tar) of the study, and an authenticated browser link."""
+def _location(ids: Mapping[str, str], where: Where, uris: list[str]) -> tuple[str, str | None]:
+    """The gs:// folder (instance) or archive (tar) of the study, and an authenticated browser link;
+    ("", None) when the bucket is not a target (the study is on the DICOMweb server only)."""
+    if where.bucket is None:
+        return "", None
     if where.layout == "tar" and uris:
         _, name = naming.split_gs_uri(uris[-1])
         return uris[-1], f"https://storage.cloud.google.com/{where.bucket}/{name}"

@@ -155,14 +155,14 @@ def render_batch(batch: dict[str, Any], refresh: int, page_size: int, state: str
     if batch.get("deliveries"):
         body.append(
             '<h2>deliveries</h2><table id="deliveries"><thead><tr><th>at</th><th>files</th><th>rows</th>'
-            "<th>objects</th><th>bytes</th><th>layout</th><th>cleaned</th></tr></thead><tbody>"
+            "<th>objects</th><th>bytes</th><th>layout</th><th>dicomweb</th><th>cleaned</th></tr></thead><tbody>"
         )
         for d in batch["deliveries"]:
             body.append(
                 f"<tr><td>{_e(_when(d.get('at')))}</td><td class=num>{_e(d.get('files'))}</td>"
                 f"<td class=num>{_e(d.get('rows'))}</td><td class=num>{_e(d.get('objects'))}</td>"
                 f"<td class=num>{_e(_size(d.get('bytes')))}</td><td>{_e(d.get('layout'))}</td>"
-                f"<td class=num>{_e(d.get('removed'))}</td></tr>"
+                f"<td>{_e(_dicomweb(d))}</td><td class=num>{_e(d.get('removed'))}</td></tr>"
             )
         body.append("</tbody></table>")
     if batch.get("errors"):
@@ -178,6 +178,17 @@ def render_batch(batch: dict[str, Any], refresh: int, page_size: int, state: str
             params["state"] = state
         body.append(f'<p><a class="next" href="?{_e(urlencode(params))}">next page</a></p>')
     return _page(f"sendit batch {batch['id']}", "".join(body), refresh)
+
+
+def _dicomweb(delivery: dict[str, Any]) -> str:
+    """A delivery's DICOMweb figures ("stored 5, present 0, failed 1"), or "-" without that target."""
+    figures = delivery.get("dicomweb")
+    if not isinstance(figures, dict):
+        return "-"
+    return (
+        f"stored {figures.get('stored', 0)}, present {figures.get('already_present', 0)}, "
+        f"failed {figures.get('failed', 0)}"
+    )
 
 
 def _files_table(files: list[dict[str, Any]]) -> str:

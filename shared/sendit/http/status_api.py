@@ -11,10 +11,13 @@
   ``/batches...`` also render as HTML for a browser, and ``?format=json|html`` overrides.
 
 The views come from ``sendit.store.queries`` (allow-listed fields only; folder and object names unless
-``SENDIT_STATUS_NAMES=hidden``); an open batch carries ``completion`` (``sendit.completion``: why it is
-not DONEPROCESSING yet, from its tally), and a batch whose clean files wait for delivery ``expires_at``,
-``expiring_soon`` and ``expired`` (``sendit.expiry``: the processing bucket's lifecycle,
-``SENDIT_PROCESSING_RETENTION_DAYS``). 404 for an unknown batch, 503 when the state store is unavailable.
+``SENDIT_STATUS_NAMES=hidden``). A batch's ``deliveries`` say where each delivery went: ``targets``, the
+bucket's ``objects`` / ``objects_written`` and, with the DICOMweb target, ``dicomweb`` (instances stored /
+already present / failed, the study URLs); each file its ``dicomweb`` outcome. An open batch carries
+``completion`` (``sendit.completion``: why it is not DONEPROCESSING yet, from its tally), and a batch whose
+clean files wait for delivery ``expires_at``, ``expiring_soon`` and ``expired`` (``sendit.expiry``: the
+processing bucket's lifecycle, ``SENDIT_PROCESSING_RETENTION_DAYS``). 404 for an unknown batch, 503 when the
+state store is unavailable.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ Starts the stack, writes sample studies (synthetic ones with planted identifiers
 that ship with pydicom and deid-data), uploads two folders with `sendit upload` (sealed by a manifest) and
 one with the real gsutil CLI (no manifest: complete after the stable age), waits with visible progress
 until every batch is complete - showing the manifest seal and the stable-age completion - triggers the
-send over HTTP, waits for delivery, then prints what arrived in the destination bucket and BigQuery and
-checks that no planted identifier did. Stops the stack at the end.
+send over HTTP, waits for delivery, then prints what arrived in the destination bucket and BigQuery, asks
+the stack's Orthanc (the DICOMweb target) with QIDO-RS which studies it holds, and checks that no planted
+identifier arrived anywhere (bucket objects, rows, the instances Orthanc returns over WADO-RS). Stops the
+stack at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sendit.dicomweb import DicomwebClient
 from sendit.local.samples import PLANTED, StudySpec, write_study
 from sendit.local.stack import LocalStack, StackError
 from sendit.store.vocabulary import BatchState
@@ -173,7 +176,7 @@ def run(workdir: Path) -> int:
     began = time.monotonic()
     demo_dir = (workdir / "demo").resolve()
     _say("sendit demo: the whole pipeline on the local stack")
-    _say("1. starting the local stack (Pub/Sub, Firestore, GCS, BigQuery emulators + functions)...")
+    _say("1. starting the local stack (Pub/Sub, Firestore, GCS, BigQuery emulators, Orthanc + functions)...")
     stack = LocalStack(demo_dir / "stack")
     try:
         stack.start()
@@ -245,13 +248,57 @@ def _report(stack: LocalStack, sent_batches: int, began: float) -> int:
     _say(f"7. BigQuery {stack.table_id}: {len(rows)} rows")
     for row in rows[:8]:
         _say(f"   {row.patient_id}  {row.modality}  {row.study_date}  {row.uri.rsplit('/', 1)[-1]}")
-    leaked = _leaks(clients, blobs, rows)
-    _say(f"8. planted identifiers found in delivered objects or rows: {len(leaked)}")
+    client = DicomwebClient(stack.settings_env()["SENDIT_DICOMWEB_URL"])
+    instances = _orthanc_studies(client)
+    leaked = _leaks(clients, blobs, rows) + _orthanc_leaks(client)
+    _say(f"9. planted identifiers found in delivered objects, rows or Orthanc's instances: {len(leaked)}")
     for item in leaked:
         _say(f"   LEAK: {item}")
-    ok = not leaked and len(rows) == len(blobs) and len(rows) > 0 and sent_batches > 0
+    ok = not leaked and len(rows) == len(blobs) == instances and len(rows) > 0 and sent_batches > 0
     _say(f"demo {'finished' if ok else 'failed'} in {time.monotonic() - began:.1f} s")
     return 0 if ok else 1
+
+
+# QIDO-RS attributes of a study (PS3.18 10.6.1.2.1): what `make demo` prints of each.
+_STUDY_FIELDS = {
+    "patient": "00100020",  # PatientID: the patient pseudonym
+    "date": "00080020",  # StudyDate: shifted
+    "modalities": "00080061",  # ModalitiesInStudy
+    "series": "00201206",  # NumberOfStudyRelatedSeries
+    "instances": "00201208",  # NumberOfStudyRelatedInstances
+}
+
+
+def _value(dataset: dict[str, Any], tag: str) -> str:
+    values = (dataset.get(tag) or {}).get("Value") or []
+    return "/".join(str(v) for v in values) or "-"
+
+
+def _orthanc_studies(client: DicomwebClient) -> int:
+    """Print the studies Orthanc holds (QIDO-RS); return the number of instances they hold."""
+    studies = client.search_studies(includefield=",".join(_STUDY_FIELDS.values()))
+    studies.sort(key=lambda s: (_value(s, _STUDY_FIELDS["patient"]), _value(s, "0020000D")))
+    _say(f"8. Orthanc (DICOMweb, QIDO-RS {client.url}/studies): {len(studies)} studies")
+    _say("   patient pseudonym                 study date  modality  series  instances")
+    total = 0
+    for study in studies:
+        patient, date, modality, series, count = (_value(study, t) for t in _STUDY_FIELDS.values())
+        _say(f"   {patient:<33} {date:<11} {modality:<9} {series:>6}  {count:>9}")
+        total += int(count) if count.isdigit() else 0
+    return total
+
+
+def _orthanc_leaks(client: DicomwebClient) -> list[str]:
+    """Every instance Orthanc holds, retrieved over WADO-RS and scanned for the planted identifiers."""
+    needles = [v.encode() for v in PLANTED.values()] + REAL_SAMPLE_IDENTIFIERS
+    found = []
+    for study in client.search_studies():
+        study_uid = _value(study, "0020000D")
+        for instance in client.search_instances(study_uid):
+            series_uid, sop_uid = _value(instance, "0020000E"), _value(instance, "00080018")
+            data = client.retrieve_instance(study_uid, series_uid, sop_uid)
+            found += [f"Orthanc {sop_uid}: {n.decode()}" for n in needles if n in data]
+    return found
 
 
 def _leaks(clients: Any, blobs: list[Any], rows: list[Any]) -> list[str]:

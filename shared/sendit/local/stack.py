@@ -44,6 +44,10 @@ LOCAL_COMPLETION = {
     "SENDIT_REDRIVE_SECONDS": "10",
 }
 
+# The local stack delivers to both targets: the destination bucket and its Orthanc (DICOMweb). `make up`
+# takes SENDIT_DELIVERY_TARGETS from its environment (bucket | dicomweb | bucket,dicomweb).
+LOCAL_DELIVERY = {"SENDIT_DELIVERY_TARGETS": "bucket,dicomweb"}
+
 
 @dataclass
 class Ports:
@@ -123,7 +127,7 @@ class LocalStack:
             SENDIT_LEASE_SECONDS=str(LOCAL_LEASE_SECONDS),
             SENDIT_DICOMWEB_URL=f"{self.orthanc_url}/dicom-web",
         )
-        for name, default in LOCAL_COMPLETION.items():
+        for name, default in {**LOCAL_COMPLETION, **LOCAL_DELIVERY}.items():
             env[name] = os.environ.get(name) or default
         for name in (
             "SENDIT_AUTO_SEND",

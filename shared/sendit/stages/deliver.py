@@ -1,16 +1,20 @@
-"""The `deliver` function: one batch -> destination bucket + BigQuery (one Pub/Sub message per batch).
+"""The `deliver` function: one batch -> its targets + BigQuery (one Pub/Sub message per batch).
 
-For the batch's ANONYMIZED files: copy each clean object from the processing bucket to
+For the batch's ANONYMIZED files, per ``SENDIT_DELIVERY_TARGETS``: with ``dicomweb``, store each clean
+instance on the DICOMweb server with STOW-RS (``delivery.dicomweb_target``: QIDO-RS first, so what the
+server holds is not sent again); with ``bucket``, copy each clean object from the processing bucket to
 
     Collection/<collection>/Entity/<patient pseudonym>/<study pseudonym>/<series>/<instance>.dcm
 
-(layout ``instance``, the default) or pack one ``<study pseudonym>.tar.gz`` per study (layout ``tar``),
-insert one BigQuery row per image, mark the files SENT, clean up per policy and mark the batch SENT with a
-delivery record. Every step can be repeated: object names are deterministic (an object already there with
-the right MD5 is not copied again), rows already in the table for the batch are not inserted again and
-carry stable insert ids, and the delivery record is appended once per delivery id. A file that cannot be
-delivered (pseudonyms or clean object missing, a row that cannot be built) is FAILED with the reason and
-the rest of the batch goes on. A transient error raises so Pub/Sub redelivers; after the last attempt
+(layout ``instance``, the default) or pack one ``<study pseudonym>.tar.gz`` per study (layout ``tar``).
+Then insert one BigQuery row per image, mark the files SENT, clean up per policy and mark the batch SENT
+with a delivery record saying where it went. Every step can be repeated: object names are deterministic
+(an object already there with the right MD5 is not copied again), an instance the server holds is not
+stored again, rows already in the table for the batch are not inserted again and carry stable insert ids,
+and the delivery record is appended once per delivery id. A file that cannot be delivered (pseudonyms or
+clean object missing, a row that cannot be built, an instance the DICOMweb server refuses) is FAILED with
+the reason and the rest of the batch goes on. A transient error raises so Pub/Sub redelivers
+(``DicomwebUnavailable`` as a ``RetryableError``, its cause logged at WARNING); after the last attempt
 ``stages.dead_letter`` puts the batch back to DONEPROCESSING with the reason.
 """
 
@@ -25,9 +29,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sendit import events, naming
-from sendit.delivery import cleanup, objects, rows, studies
+from sendit.delivery import cleanup, dicomweb_target, objects, rows, studies
 from sendit.delivery.objects import Item, Written, to_int
-from sendit.errors import BatchBusy, BatchReopened, EventError, RowError
+from sendit.dicomweb import DicomwebUnavailable
+from sendit.errors import BatchBusy, BatchReopened, EventError, RetryableError, RowError
 from sendit.store import batches, deliveries, files
 from sendit.store.deliveries import DeliveryClaim, SentFile
 from sendit.store.vocabulary import FileState
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
     from sendit.app.context import Context
 
 log = logging.getLogger("sendit.deliver")
+
+BUCKET, DICOMWEB = "bucket", "dicomweb"  # the delivery targets (config.DELIVERY_TARGETS)
 
 InsertRows = Callable[[Any, str, Sequence[Mapping[str, Any]], Sequence[str]], int]
 _IDS = ("patient_id", "study_uid", "series_uid", "instance_uid")
@@ -55,6 +62,10 @@ class Delivery:
     unattributed: dict[str, int] = field(default_factory=dict)
     objects_written: int = 0
     objects_reused: int = 0
+    dicomweb_stored: int = 0
+    dicomweb_present: int = 0
+    dicomweb_failed: int = 0
+    dicomweb_requests: int = 0
     removed: int = 0
     kept: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
@@ -101,8 +112,10 @@ def deliver_batch(
     result.delivery_id = claim.delivery_id or uuid.uuid4().hex
     try:
         _deliver(ctx, claim, result, owner, insert_rows or rows.insert_rows, clock)
-    except BaseException:
+    except BaseException as exc:
         deliveries.release_delivery(ctx.store, batch_id=batch_id, owner=owner)
+        if isinstance(exc, DicomwebUnavailable):
+            raise _unavailable(result, exc) from None
         raise
     log.info(
         "deliver: batch delivered",
@@ -114,6 +127,10 @@ def deliver_batch(
             "study_rows_inserted": result.study_rows_inserted,
             "objects_written": result.objects_written,
             "objects_reused": result.objects_reused,
+            "dicomweb_stored": result.dicomweb_stored,
+            "dicomweb_present": result.dicomweb_present,
+            "dicomweb_failed": result.dicomweb_failed,
+            "dicomweb_requests": result.dicomweb_requests,
             "removed": result.removed,
             "kept": result.kept,
             "errors": len(result.errors),
@@ -122,6 +139,17 @@ def deliver_batch(
         },
     )
     return result
+
+
+def _unavailable(result: Delivery, exc: DicomwebUnavailable) -> RetryableError:
+    """The DICOMweb server down or overloaded after the client's retries: transient, the cause logged at
+    WARNING, and a ``RetryableError`` for Pub/Sub to redeliver (a planned retry, not a function error)."""
+    log.warning(
+        "deliver: DICOMweb server unavailable, the message will be redelivered",
+        extra={"batch_id": result.batch_id, "delivery_id": result.delivery_id, "error": str(exc)},
+    )
+    name = type(exc).__name__
+    return RetryableError(f"transient error during dicomweb: {name}", step="dicomweb", cause_type=name)
 
 
 def _deliver(
@@ -137,24 +165,31 @@ def _deliver(
     sent_at = clock()
     docs = files.files_of_batch(store, batch=batch_id, state=FileState.ANONYMIZED)
     items = _items(ctx, batch_id, docs, result)
-    _write_objects(ctx, items, claim, delivery_id, result)
+    if DICOMWEB in settings.delivery_targets:
+        items = _store_dicomweb(ctx, items, result)  # first: a refused instance goes nowhere else
+    if BUCKET in settings.delivery_targets:
+        _write_objects(ctx, items, claim, delivery_id, result)
+    else:
+        dicomweb_target.locate(items, str(settings.dicomweb_url))
     delivered = [item for item in items if item.uri]
     _insert_rows(ctx, batch_id, delivered, sent_at, result, insert_rows)
     deliveries.mark_files_sent(
         store,
-        sent=[SentFile(item.key, item.uri, item.md5, item.size) for item in delivered],
+        sent=[SentFile(i.key, i.uri, i.md5, i.size, i.dicomweb) for i in delivered],
         delivery_id=delivery_id,
         at=sent_at,
     )
     result.files = len(delivered)
-    _insert_study_rows(ctx, batch_id, delivery_id, result, insert_rows)
+    every = files.files_of_batch(store, batch=batch_id)
+    failed = _failed_by(every, delivery_id, result)
+    _insert_study_rows(ctx, batch_id, delivery_id, every, result, insert_rows)
     sent = deliveries.delivered_files(store, batch_id=batch_id, delivery_id=delivery_id)
     if settings.cleanup == "after-send" and not result.errors:
-        result.removed, result.kept = cleanup.cleanup(ctx.clients.storage, sent)
+        result.removed, result.kept = _cleanup(ctx, sent)
     if not sent and not docs:
         result.outcome = "nothing_pending"
     result.record = _record(claim, delivery_id, sent, sent_at, settings.delivery_layout, result)
-    result.record["collection"] = settings.collection
+    result.record.update(_where(ctx, sent, failed))
     result.status = deliveries.finish_delivery(
         store,
         batch_id=batch_id,
@@ -203,8 +238,64 @@ def _items(ctx: Context, batch_id: str, docs: list[dict[str, Any]], result: Deli
 
 
 def _fail(ctx: Context, key: str, reason: str, result: Delivery) -> None:
-    files.mark_file_failed(ctx.store, key=key, reason=reason)
+    """One file FAILED at delivery: its document, the batch's errors, and one log line (no PHI: the file
+    key, pseudonymous ids only through the key, and a reason that never quotes a value)."""
+    files.mark_file_failed(ctx.store, key=key, reason=reason, delivery_id=result.delivery_id)
     result.errors.append({"file": key, "reason": reason})
+    log.warning(
+        "file FAILED",
+        extra={
+            "event": "delivery_failure",
+            "file_key": key,
+            "batch_id": result.batch_id,
+            "delivery_id": result.delivery_id,
+            "state": FileState.FAILED,
+            "reason": reason,
+        },
+    )
+
+
+def _failed_by(every: list[dict[str, Any]], delivery_id: str, result: Delivery) -> list[dict[str, Any]]:
+    """The files this delivery marked FAILED, also by an earlier attempt of it that raised before its
+    record was written: they join ``result.errors`` so the batch's errors and cleanup see them."""
+    failed = [d for d in every if d.get("failed_delivery_id") == delivery_id]
+    known = {e["file"] for e in result.errors}
+    for doc in failed:
+        if doc["key"] not in known and doc.get("state") == FileState.FAILED:
+            result.errors.append({"file": str(doc["key"]), "reason": str(doc.get("reason") or "")})
+    return failed
+
+
+def _store_dicomweb(ctx: Context, items: list[Item], result: Delivery) -> list[Item]:
+    """STOW-RS of every item (delivery/dicomweb_target.py); returns the items the server holds now."""
+    stored = dicomweb_target.store_items(ctx.dicomweb, ctx.clients.storage, items)
+    for item in stored.missing:
+        _fail(ctx, item.key, "clean object missing at delivery", result)
+    for item, reason in stored.failed:
+        _fail(ctx, item.key, reason, result)
+    result.dicomweb_stored += stored.count("stored")
+    result.dicomweb_present += stored.count("already_present")
+    result.dicomweb_failed += len(stored.failed)
+    result.dicomweb_requests += stored.requests
+    return [item for item in items if item.key in stored.outcomes]
+
+
+def _cleanup(ctx: Context, sent: list[dict[str, Any]]) -> tuple[int, int]:
+    """Remove the delivered files' processing and staging objects that verify at their destination: the
+    bucket object, or (DICOMweb as the only target) the instance on the server."""
+    held: set[str] = set()
+    if BUCKET not in ctx.settings.delivery_targets:
+        held = dicomweb_target.held(ctx.dicomweb, sent)
+    return cleanup.cleanup(ctx.clients.storage, sent, held)
+
+
+def _where(ctx: Context, sent: list[dict[str, Any]], failed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record's targets: ``targets``, ``collection`` and, with DICOMweb, ``dicomweb`` (counts, URLs)."""
+    settings = ctx.settings
+    where: dict[str, Any] = {"targets": list(settings.delivery_targets), "collection": settings.collection}
+    if DICOMWEB in settings.delivery_targets:
+        where[DICOMWEB] = dicomweb_target.record(str(settings.dicomweb_url), sent, failed)
+    return where
 
 
 def _write_objects(
@@ -266,15 +357,22 @@ def _insert_rows(
 
 
 def _insert_study_rows(
-    ctx: Context, batch_id: str, delivery_id: str, result: Delivery, insert_rows: InsertRows
+    ctx: Context,
+    batch_id: str,
+    delivery_id: str,
+    every: list[dict[str, Any]],
+    result: Delivery,
+    insert_rows: InsertRows,
 ) -> None:
     """One study-table row per study of this delivery (delivery/studies.py), only those not there yet."""
     settings = ctx.settings
-    dicomweb = settings.dicomweb_url if "dicomweb" in settings.delivery_targets else None
+    targets = settings.delivery_targets
     where = studies.Where(
-        settings.destination_bucket, settings.collection, settings.delivery_layout, dicomweb
+        settings.destination_bucket if BUCKET in targets else None,
+        settings.collection,
+        settings.delivery_layout,
+        settings.dicomweb_url if DICOMWEB in targets else None,
     )
-    every = files.files_of_batch(ctx.store, batch=batch_id)
     built, result.unattributed = studies.study_rows(
         every, batch_id=batch_id, delivery_id=delivery_id, where=where
     )
@@ -297,9 +395,11 @@ def _record(
     layout: str,
     result: Delivery,
 ) -> dict[str, Any]:
-    """The batch's ``deliveries`` entry, computed from the files this delivery marked SENT."""
+    """The batch's ``deliveries`` entry, computed from the files this delivery marked SENT (``objects``:
+    bucket objects; ``bytes``: what was delivered, also to a DICOMweb server alone)."""
     instances = {str((f.get("ids") or {}).get("instance_uid")) for f in sent}
     size_by_uri = {str(f["sent_uri"]): to_int(f.get("sent_size")) or 0 for f in sent if f.get("sent_uri")}
+    bucket_objects = [uri for uri in size_by_uri if uri.startswith("gs://")]
     send_seconds = None
     if claim.requested_at is not None:
         send_seconds = round(max(0.0, (at - claim.requested_at).total_seconds()), 3)
@@ -308,7 +408,7 @@ def _record(
         "at": at,
         "files": len(sent),
         "rows": len(instances),
-        "objects": len(size_by_uri),
+        "objects": len(bucket_objects),
         "bytes": sum(size_by_uri.values()),
         "layout": layout,
         "objects_written": result.objects_written,

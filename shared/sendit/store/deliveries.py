@@ -225,6 +225,7 @@ def delivered_files(store: Store, *, batch_id: str, delivery_id: str) -> list[di
     fields = [
         "state",
         "ids",
+        "dicomweb",
         "sent_uri",
         "sent_md5",
         "sent_size",
@@ -239,12 +240,14 @@ def delivered_files(store: Store, *, batch_id: str, delivery_id: str) -> list[di
 
 @dataclass(frozen=True)
 class SentFile:
-    """Where one file went: the destination object (or study archive), its MD5 and size."""
+    """Where one file went: the destination object (or study archive, or DICOMweb instance), its MD5 and
+    size, and what the DICOMweb target did with it (``stored`` / ``already_present``; None without it)."""
 
     key: str
     uri: str
     md5: str | None
     size: int | None
+    dicomweb: str | None = None
 
 
 def mark_files_sent(store: Store, *, sent: Iterable[SentFile], delivery_id: str, at: datetime) -> int:
@@ -266,6 +269,7 @@ def mark_files_sent(store: Store, *, sent: Iterable[SentFile], delivery_id: str,
                 "sent_at": at,
                 "delivery_id": delivery_id,
                 "updated_at": fs.SERVER_TIMESTAMP,
+                **({"dicomweb": item.dicomweb} if item.dicomweb else {}),
             },
         )
         pending += 1

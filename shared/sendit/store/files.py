@@ -316,9 +316,13 @@ def _fail_existing(store: Store, ref: Any, snap: Any, *, reason: str, shard: Any
     return True
 
 
-def mark_file_failed(store: Store, *, key: str, reason: str) -> None:
-    """A file that cannot be delivered (its clean object is gone, its row cannot be built): FAILED."""
-    store.file_ref(key).update({"state": FileState.FAILED, "reason": reason, "updated_at": server_ts()})
+def mark_file_failed(store: Store, *, key: str, reason: str, delivery_id: str | None = None) -> None:
+    """A file that cannot be delivered (its clean object is gone, its row cannot be built, the DICOMweb
+    server refused it): FAILED, with the delivery that failed it (``failed_delivery_id``)."""
+    fields: dict[str, Any] = {"state": FileState.FAILED, "reason": reason, "updated_at": server_ts()}
+    if delivery_id:
+        fields["failed_delivery_id"] = delivery_id
+    store.file_ref(key).update(fields)
 
 
 def get_file(store: Store, *, key: str) -> dict[str, Any] | None:

@@ -55,6 +55,9 @@ DELIVERY_FIELDS = (
     "objects",
     "bytes",
     "layout",
+    "targets",
+    "objects_written",
+    "dicomweb",
     "removed",
     "kept",
     "errors",
@@ -63,6 +66,8 @@ DELIVERY_FIELDS = (
     "studies",
     "unattributed",
 )
+# A delivery record's ``dicomweb`` part (delivery/dicomweb_target.record).
+DICOMWEB_FIELDS = ("url", "stored", "already_present", "failed", "studies", "study_urls")
 ID_FIELDS = ("patient_id", "study_uid", "series_uid", "instance_uid")
 MAX_BATCHES = 500
 
@@ -96,17 +101,20 @@ def batch_view(
         view["counts"] = batch_counts(store, batch=batch_id)
     else:
         view["counts"] = {str(k): int(v) for k, v in data["counts"].items()}
-    view["deliveries"] = [
-        {k: _iso(d[k]) for k in DELIVERY_FIELDS if k in d}
-        for d in (data.get("deliveries") or [])
-        if isinstance(d, dict)
-    ]
+    view["deliveries"] = [_delivery_view(d) for d in (data.get("deliveries") or []) if isinstance(d, dict)]
     if names:
         view["folder"] = str(data.get("folder") or "")
     if isinstance(data.get("manifest"), dict):
         view["manifest"] = {k: data["manifest"][k] for k in MANIFEST_FIELDS if k in data["manifest"]}
     if extra is not None:
         view.update(extra(batch_id, {**data, "counts": view["counts"]}))
+    return view
+
+
+def _delivery_view(record: dict[str, Any]) -> dict[str, Any]:
+    view = {k: _iso(record[k]) for k in DELIVERY_FIELDS if k in record}
+    if isinstance(view.get("dicomweb"), dict):
+        view["dicomweb"] = {k: view["dicomweb"][k] for k in DICOMWEB_FIELDS if k in view["dicomweb"]}
     return view
 
 
@@ -161,6 +169,8 @@ def _file_view(snap: Any, names: bool) -> dict[str, Any]:
             entry[key] = str(ids[key])
     if data.get("clean_size") is not None:
         entry["size"] = data["clean_size"]
+    if data.get("dicomweb"):
+        entry["dicomweb"] = str(data["dicomweb"])  # stored | already_present
     return entry
 
 
@@ -180,7 +190,7 @@ def public_files(
     query = query.order_by("__name__")
     if page_token:
         query = query.start_after({"__name__": page_token})
-    fields = ["state", "reason", "name_hash", "ids", "clean_size", *(["object"] if names else [])]
+    fields = ["state", "reason", "name_hash", "ids", "clean_size", "dicomweb", *(["object"] if names else [])]
     snaps = list(query.select(fields).limit(page_size + 1).stream())
     more = len(snaps) > page_size
     snaps = snaps[:page_size]

@@ -78,6 +78,7 @@ def test_batch_page_lists_files_errors_deliveries_and_next_page() -> None:
     assert "sendit batch 0123abcd" in page and "2026-01-02 03:04:05 UTC" in page and "2.0 KB" in page
     assert ">aa11<" in page and ">P1<" in page and ">2.25.1<" in page and "&lt;script&gt;" in page
     assert 'href="?page_token=k9&amp;page_size=2&amp;state=FAILED"' in page
+    assert "<th>dicomweb</th>" in page and "<td>-</td>" in page  # no DICOMweb target in that delivery
 
 
 def _row(page: str, batch_id: str) -> str:
@@ -114,3 +115,11 @@ def test_batch_page_shows_the_expiry_of_its_clean_files() -> None:
     assert "<dt>clean files expire</dt>" in page and "2026-02-12 08:00:00 UTC" in page
     assert "expiring soon" in page
     assert "clean files expire" not in dashboard.render_batch({**_batch(), "files": []}, 5, 200, None)
+
+
+def test_batch_page_says_what_the_dicomweb_target_did() -> None:
+    figures = {"stored": 4, "already_present": 2, "failed": 1, "studies": 1, "study_urls": []}
+    delivery = {"at": "2026-01-02T03:04:05+00:00", "files": 6, "dicomweb": figures}
+    batch = _batch(status="SENT", deliveries=[delivery])
+    page = dashboard.render_batch(batch, refresh=5, page_size=2, state=None)
+    assert "<td>stored 4, present 2, failed 1</td>" in page
