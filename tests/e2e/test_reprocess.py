@@ -98,6 +98,7 @@ def scene(stack: Any, clients: Any, tmp_path_factory: pytest.TempPathFactory) ->
     from sendit.config import Settings
 
     settings = Settings.from_env(stack.settings_env())
+    redrive = {"SENDIT_REDRIVE_SECONDS": stack.settings_env()["SENDIT_REDRIVE_SECONDS"]}
     root = tmp_path_factory.mktemp("reprocess")
     tag, base = uuid.uuid4().hex[:6], random.randrange(10**6, 10**9)
     folders = {role: f"RP-{role}-{tag}" for role in "SAPF"}
@@ -119,6 +120,10 @@ def scene(stack: Any, clients: Any, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         stack.restart("function deliver", env={"SENDIT_CLEANUP": "never"})
         _send(stack, clients, ids["A"])
+        # While the provider is down each file is retried with backoff (up to 10 s between deliveries on
+        # the local stack); the sweep must not take those gaps for a lost redelivery and re-drive the file
+        # meanwhile (its extra claims would end it "gave up after 5 attempts" before Pub/Sub dead-letters it).
+        stack.restart("function sweep", env={"SENDIT_REDRIVE_SECONDS": "600"})
         stack.restart(
             "function anonymize", env={**BROKEN, "SENDIT_IDENTITY_URL": f"http://127.0.0.1:{free_port()}"}
         )
@@ -130,10 +135,12 @@ def scene(stack: Any, clients: Any, tmp_path_factory: pytest.TempPathFactory) ->
                 lambda r=role: _dead_lettered(clients, ids[r]), 90, 0.5, f"batch {role} dead-lettered"
             )
         stack.restart("function anonymize", env={**FIXED, "SENDIT_ALLOWED_MODALITIES": "CT,MR,US"})
+        stack.restart("function sweep", env=redrive)
         yield Scene(folders, ids)
     finally:
         stack.restart("function anonymize", env={**FIXED, "SENDIT_ALLOWED_MODALITIES": ""})
         stack.restart("function deliver", env={"SENDIT_CLEANUP": ""})
+        stack.restart("function sweep", env=redrive)
 
 
 def _cli(stack: Any, *args: str, without_key: bool = False) -> subprocess.CompletedProcess[str]:

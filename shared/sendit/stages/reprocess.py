@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sendit.reprocess")
 
-WORKERS = 8  # parallel existence checks, reopens
+WORKERS = 32  # parallel existence checks (one metadata read each)
 PUBLISH_TIMEOUT = 30.0
 SHOWN_KEYS = 50  # file keys named in a refusal
 REDRIVEN = "reprocess"  # the notification's senditRedriven attribute
@@ -170,13 +170,7 @@ def _withdraw_rows(ctx: Context, batch: str, delivered: list[Candidate], result:
 
 
 def _reopen(ctx: Context, chosen: list[Candidate], result: ReprocessResult) -> list[Candidate]:
-    shards = ctx.settings.tally_shards
-
-    def one(file: Candidate) -> bool:
-        return reopen.reopen_file(ctx.store, file=file, shards=shards)
-
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        done = list(pool.map(one, chosen))
+    done = reopen.reopen_files(ctx.store, files=chosen, shards=ctx.settings.tally_shards)
     reopened = []
     for file, ok in zip(chosen, done, strict=True):
         if ok:

@@ -9,7 +9,9 @@ as it was read (``Candidate.update_time``), and in the same batched write the fi
 ``terminal`` -1: the file is in flight again (``received`` stays, it was counted at the first claim), so its
 batch cannot complete before the re-run is recorded, which counts ``terminal`` +1 again
 (``files.record_terminal``). ``reopens`` counts how often a file was reopened, ``reopened_from`` says from
-which state.
+which state. Many files go ``WRITE_CHUNK`` to a batched write, with one decrement per tally shard for the
+files of the chunk it counts (a shard takes few writes however many files are reopened); a chunk in which
+some file changed since it was read fails as a whole and is done again file by file.
 
 A settled batch (DONEPROCESSING, EMPTY, SENT) whose files were reopened goes back to PROCESSING
 (``reopen_batch``), so no send takes it while they re-run and completion settles it again.
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from sendit.store.base import Store
 
 GET_ALL_CHUNK = 500
+WRITE_CHUNK = 200  # files per batched write: 200 updates + at most 200 shard increments (limit 500)
+# What a reopen reads of a file document (a projection: a file's row holds the whole header JSON).
+FIELDS = ("batch_id", "state", "bucket", "object", "generation", "size", "md5", "ids")
 # The outcome of the last run: removed when a file is reopened (the re-run writes its own).
 OUTCOME_FIELDS = (
     "reason",
@@ -81,7 +86,7 @@ def candidates(store: Store, *, batch: str, states: list[str]) -> list[Candidate
     """The files of a batch in ``states`` (one equality query per state)."""
     found: list[Candidate] = []
     for state in dict.fromkeys(states):
-        query = store.files_of(batch).where(filter=eq("state", state))
+        query = store.files_of(batch).where(filter=eq("state", state)).select(list(FIELDS))
         found += [_candidate(snap) for snap in query.stream()]
     return found
 
@@ -92,19 +97,15 @@ def candidates_of(store: Store, *, keys: list[str]) -> tuple[list[Candidate], li
     wanted = list(dict.fromkeys(keys))
     for start in range(0, len(wanted), GET_ALL_CHUNK):
         refs = [store.file_ref(key) for key in wanted[start : start + GET_ALL_CHUNK]]
-        for snap in store.db.get_all(refs):
+        for snap in store.db.get_all(refs, field_paths=list(FIELDS)):
             if snap.exists:
                 found[snap.id] = _candidate(snap)
     return [found[k] for k in wanted if k in found], [k for k in wanted if k not in found]
 
 
-def reopen_file(store: Store, *, file: Candidate, shards: int = tally.DEFAULT_SHARDS) -> bool:
-    """RECEIVED again, claimable at once; False when the file is not terminal or changed since it was read."""
-    from google.api_core.exceptions import FailedPrecondition, NotFound
+def _reopen_update(file: Candidate) -> dict[str, Any]:
     from google.cloud import firestore
 
-    if file.state not in TERMINAL:
-        return False
     update: dict[str, Any] = {name: firestore.DELETE_FIELD for name in OUTCOME_FIELDS}
     update.update(
         state=FileState.RECEIVED,
@@ -115,14 +116,51 @@ def reopen_file(store: Store, *, file: Candidate, shards: int = tally.DEFAULT_SH
         reopens=firestore.Increment(1),
         updated_at=server_ts(),
     )
+    return update
+
+
+def _commit(store: Store, files: list[Candidate], shards: int) -> bool:
+    """One batched write: each file's update (preconditioned on the document read) and, per tally shard,
+    ``terminal`` minus the files it counts. All or nothing: False when any file changed since it was read."""
+    from google.api_core.exceptions import FailedPrecondition, NotFound
+
     write = store.db.batch()
-    write.update(store.file_ref(file.key), update, option=store.precondition(file.update_time))
-    tally.count_reopened(write, tally.shard_ref(store, batch=file.batch_id, key=file.key, shards=shards))
+    per_shard: dict[Any, int] = {}
+    refs: dict[str, Any] = {}
+    for file in files:
+        write.update(
+            store.file_ref(file.key), _reopen_update(file), option=store.precondition(file.update_time)
+        )
+        ref = tally.shard_ref(store, batch=file.batch_id, key=file.key, shards=shards)
+        refs[ref.path] = ref
+        per_shard[ref.path] = per_shard.get(ref.path, 0) + 1
+    for path, count in per_shard.items():
+        tally.count_reopened(write, refs[path], count)
     try:
         write.commit()
     except (FailedPrecondition, NotFound):
-        return False  # written since it was read (a delivery, another reprocess): leave it
+        return False
     return True
+
+
+def reopen_file(store: Store, *, file: Candidate, shards: int = tally.DEFAULT_SHARDS) -> bool:
+    """RECEIVED again, claimable at once; False when the file is not terminal or changed since it was read."""
+    return file.state in TERMINAL and _commit(store, [file], shards)
+
+
+def reopen_files(store: Store, *, files: list[Candidate], shards: int = tally.DEFAULT_SHARDS) -> list[bool]:
+    """``reopen_file`` for many files, ``WRITE_CHUNK`` to a batched write (few writes on the tally shards);
+    a chunk in which some file changed is done file by file. Returns, per file, whether it was reopened."""
+    done = dict.fromkeys((f.key for f in files), False)
+    terminal = [f for f in files if f.state in TERMINAL]
+    for start in range(0, len(terminal), WRITE_CHUNK):
+        chunk = terminal[start : start + WRITE_CHUNK]
+        if _commit(store, chunk, shards):
+            done.update(dict.fromkeys((f.key for f in chunk), True))
+            continue
+        for file in chunk:
+            done[file.key] = _commit(store, [file], shards)
+    return [done[f.key] for f in files]
 
 
 def reopen_batch(store: Store, *, batch: str) -> str | None:
