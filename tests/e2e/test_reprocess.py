@@ -230,7 +230,7 @@ def test_reprocess_failed_after_the_fix_then_a_follow_up_send_delivers_it(
     (key,) = scene.keys(clients, "F")
     done = _cli(stack, "reprocess", scene.folders["F"], "--failed")
     assert done.returncode == 0, done.stderr
-    assert f"batch {scene.ids['F']}: 1 files reopened" in done.stdout
+    assert f"batch {scene.ids['F']}: 1 file reopened" in done.stdout
     wait_batch(clients, scene.ids["F"], {BatchState.DONEPROCESSING}, total=1)
     assert (files.get_file(_store(clients), key=key) or {})["state"] == FileState.ANONYMIZED
     _send(stack, clients, scene.ids["F"])
@@ -255,7 +255,7 @@ def test_reprocess_after_cleanup_is_refused_and_skipped_files_rerun_after_a_sett
     assert unknown.returncode == 1 and "(404)" in unknown.stderr
 
     done = _cli(stack, "reprocess", scene.folders["S"], "--skipped")  # US is allowed now
-    assert done.returncode == 0 and "1 files reopened and re-queued (1 SKIPPED)" in done.stdout, done.stderr
+    assert done.returncode == 0 and "1 file reopened and re-queued (1 SKIPPED)" in done.stdout, done.stderr
     doc = wait_batch(clients, batch, {BatchState.DONEPROCESSING}, total=3)
     assert (doc["counts"][FileState.ANONYMIZED], doc["counts"][FileState.SENT]) == (1, 2)
     sent = _send(stack, clients, batch)

@@ -48,7 +48,7 @@ def summary(payload: dict[str, Any]) -> str:
     if not reopened:
         return f"nothing to reprocess in batch {batch}: no {wanted} file (status {payload.get('status')})"
     by_state = ", ".join(f"{n} {s}" for s, n in sorted((payload.get("reopened_by_state") or {}).items()))
-    parts = [f"batch {batch}: {reopened} files reopened and re-queued ({by_state})"]
+    parts = [f"batch {batch}: {reopened} file{'s' * (reopened != 1)} reopened and re-queued ({by_state})"]
     if payload.get("not_published"):
         parts.append(f"{len(payload['not_published'])} not queued yet (the sweep re-drives them)")
     if payload.get("rows_withdrawn") or payload.get("study_rows_withdrawn"):
