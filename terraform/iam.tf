@@ -18,6 +18,9 @@ locals {
     { function = "deliver", bucket = "staging", role = "roles/storage.objectUser" },
     { function = "deliver", bucket = "processing", role = "roles/storage.objectUser" },
     { function = "deliver", bucket = "destination", role = "roles/storage.objectUser" },
+    # reprocess: are the staging originals still there (a metadata read per file; objectViewer is the
+    # narrowest predefined role with storage.objects.get that uniform bucket-level access allows).
+    { function = "send", bucket = "staging", role = "roles/storage.objectViewer" },
   ]
 
   # function -> Firestore role on sendit's database (state documents; status only reads).
@@ -30,11 +33,13 @@ locals {
     sweep       = "roles/datastore.user" # completion: reads tallies, finalizes batches
   }
 
-  # function -> topic it publishes to. The sweep re-publishes a stalled file's notification to uploads.
+  # function -> topic it publishes to. The sweep re-publishes a stalled file's notification to uploads,
+  # send (its reprocess route) the notification of each file it reopens.
   # With settings.auto_send a completed batch is queued by the function that completes it.
   function_topic_roles = concat(
     [
       { function = "send", topic = "deliver", role = "roles/pubsub.publisher" },
+      { function = "send", topic = "uploads", role = "roles/pubsub.publisher" },
       { function = "sweep", topic = "uploads", role = "roles/pubsub.publisher" },
     ],
     var.settings.auto_send ? [
@@ -43,10 +48,17 @@ locals {
     ] : [],
   )
 
-  # function -> role on the BigQuery table (streaming inserts need tables.updateData on the table only).
+  # function -> role on the BigQuery tables (image and study table). Streaming inserts need
+  # tables.updateData on the table only; send's reprocess deletes the rows of re-run files (DML).
   function_table_roles = [
     { function = "deliver", role = "roles/bigquery.dataEditor" },
+    { function = "send", role = "roles/bigquery.dataEditor" },
   ]
+
+  # Functions that run BigQuery queries: deliver asks which rows are in the tables already, send's
+  # reprocess runs DELETE statements. A query is a job of the project, and bigquery.jobs.create exists at
+  # project level only (roles/bigquery.jobUser); what a job may read or change is still the table grants.
+  function_job_users = ["deliver", "send"]
 
   # Service agents that must use the optional CMEK keys.
   kms_grants = {
@@ -113,6 +125,15 @@ resource "google_project_iam_member" "functions_firestore" {
   }
 }
 
+resource "google_project_iam_member" "functions_bigquery_jobs" {
+  # Project-level: BigQuery has no narrower resource for creating query jobs.
+  for_each = toset(local.function_job_users)
+
+  project = var.project_id
+  role    = "roles/bigquery.jobUser"
+  member  = google_service_account.functions[each.value].member
+}
+
 resource "google_pubsub_topic_iam_member" "functions" {
   for_each = { for g in local.function_topic_roles : "${g.function}/${g.topic}/${g.role}" => g }
 
@@ -169,6 +190,17 @@ resource "google_cloud_run_v2_service_iam_member" "operators" {
   name     = google_cloudfunctions2_function.functions[each.value.function].name
   role     = "roles/run.invoker"
   member   = each.value.member
+}
+
+# Operators pull the dead-letter keep subscription (`sendit dead-letters`: list, acknowledge what was
+# replayed); the replay itself goes through the send function.
+resource "google_pubsub_subscription_iam_member" "operators_dead_letters" {
+  for_each = toset(var.operators)
+
+  project      = var.project_id
+  subscription = google_pubsub_subscription.dead_letter_keep.name
+  role         = "roles/pubsub.subscriber"
+  member       = each.value
 }
 
 # Researchers: upload-only access to the staging bucket (create objects; no read, list or delete).

@@ -2,6 +2,7 @@
 
 - permanent: the input can never succeed (``EventError``, ``RowError``, ``ObjectGone``, ``TooLarge``,
   ``ConfigError``, ``ManifestError``, ``UnknownBatch``): record a terminal state with a reason and ack;
+  ``Refused`` is an operator request refused in the current state (the HTTP edge answers 409 or 410);
 - retryable: ``RetryableError`` and its subclasses, and every exception ``is_transient`` accepts (an API
   unavailable, a timeout, throttling, a dropped connection, the identity provider unreachable): raise, so
   Pub/Sub redelivers with backoff.
@@ -49,6 +50,25 @@ class ManifestError(ValueError):
 
 class UnknownBatch(LookupError):
     """No batch with that id (the status API answers 404)."""
+
+
+class Refused(Exception):
+    """An operator request that cannot be done now (``sendit reprocess``, the dead-letter replay).
+
+    ``why`` names the case and the HTTP edge picks the status from it: ``delivering`` (the batch is being
+    delivered: 409), ``buffered`` (BigQuery still holds the rows to replace in its streaming buffer: 409),
+    ``layout`` (delivered archives cannot be replaced: 409), ``ambiguous`` (a folder name matches more than
+    one batch: 409), ``gone`` (staging originals were cleaned up: 410). The message and ``files`` (file
+    keys) are safe to return: ids and counts, never a name.
+    """
+
+    def __init__(
+        self, message: str, why: str, *, batch: str | None = None, files: list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.why = why
+        self.batch = batch
+        self.files = list(files or [])
 
 
 class RetryableError(RuntimeError):

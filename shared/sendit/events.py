@@ -4,7 +4,8 @@ A staging upload reaches ``anonymize`` as a ``google.cloud.pubsub.topic.v1.messa
 CloudEvent wrapping the bucket's OBJECT_FINALIZE notification (payload JSON_API_V1). A direct
 Cloud Storage trigger (``google.cloud.storage.object.v1.finalized``) is accepted too. ``send`` publishes
 one deliver message per batch (``deliver_message``), which ``deliver`` decodes (``deliver_request``); a
-message that exhausted its deliveries reaches ``dead_letter`` (``dead_letter``). ``finalize_message`` builds
+message that exhausted its deliveries reaches ``dead_letter`` (``dead_letter``; ``dead_letter_of`` decodes one
+pulled from the keep subscription). ``finalize_message`` builds
 the notification Cloud Storage would publish for an object (the sweep re-publishes it for a stalled file).
 """
 
@@ -80,7 +81,11 @@ def object_finalized(event_type: str, data: Any, event_id: str = "") -> ObjectFi
     if event_type == STORAGE_FINALIZED:
         resource = data if isinstance(data, dict) else {}
         return _from_resource(resource, event_id, None)
-    msg = pubsub_message(event_type, data, event_id)
+    return finalized_of(pubsub_message(event_type, data, event_id))
+
+
+def finalized_of(msg: PubSubMessage) -> ObjectFinalized | None:
+    """The staging notification a decoded message carries (None for other GCS event types)."""
     kind = msg.attributes.get("eventType")
     if kind is not None and kind != "OBJECT_FINALIZE":
         return None
@@ -182,13 +187,18 @@ class DeadLetter:
 
 def dead_letter(event_type: str, data: Any, event_id: str = "") -> DeadLetter:
     """Decode a dead-lettered message. Raises ``EventError`` when it is not a Pub/Sub message at all."""
-    message = pubsub_message(event_type, data, event_id)
+    return dead_letter_of(pubsub_message(event_type, data, event_id))
+
+
+def dead_letter_of(message: PubSubMessage) -> DeadLetter:
+    """Decode a dead-lettered message as pushed to ``dead_letter`` or pulled from the keep subscription
+    (``sendit dead-letters``)."""
     raw_count = message.attributes.get(DEAD_LETTER_COUNT) or ""
     count = int(raw_count) if raw_count.isdigit() else None
     if "bucketId" in message.attributes and "objectId" in message.attributes:
-        return DeadLetter("upload", count, upload=object_finalized(event_type, data, event_id))
+        return DeadLetter("upload", count, upload=finalized_of(message))
     try:
-        request = _deliver_payload(message, event_id)
+        request = _deliver_payload(message, message.message_id)
     except EventError:
         return DeadLetter("unknown", count)
     return DeadLetter("delivery", count, delivery=request)

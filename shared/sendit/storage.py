@@ -61,3 +61,9 @@ def upload(
         blob.metadata = metadata
     blob.upload_from_filename(str(source), content_type=DICOM_CONTENT_TYPE)
     return {"uri": f"gs://{bucket}/{name}", "size": blob.size, "md5": blob.md5_hash}
+
+
+def exists(client: storage.Client, bucket: str, name: str, generation: str | int | None) -> bool:
+    """Whether ``gs://bucket/name#generation`` is still there (one metadata read; a reprocess needs it)."""
+    gen = int(generation) if generation not in (None, "") else None
+    return client.bucket(bucket).get_blob(name, generation=gen) is not None

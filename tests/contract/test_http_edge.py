@@ -98,3 +98,19 @@ def test_status_rejects_writes_and_unknown_paths_through_the_framework(function_
     assert response.status_code == 404 and response.get_json()["status"] == 404
     response = client.get("/batches/abc?page_size=5000")
     assert response.status_code == 400 and "page_size" in response.get_json()["error"]
+
+
+def test_reprocess_route_outage_is_a_json_503(client_for: Any) -> None:
+    response = client_for("send").post("/reprocess", json={"batch": "b1", "states": ["FAILED"]})
+    assert response.status_code == 503 and "try again" in response.get_json()["error"]
+    assert "MRN7734981" not in response.get_data(as_text=True)
+
+
+def test_reprocess_route_refuses_bad_requests_through_the_framework(function_client: Any) -> None:
+    client = function_client("send")
+    response = client.get("/reprocess")
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    response = client.post("/reprocess/", data=b"{not json", content_type="application/json")
+    assert response.status_code == 400 and "malformed JSON" in response.get_json()["error"]
+    response = client.post("/reprocess", json={"batch": "b1", "states": ["RECEIVED"]})
+    assert response.status_code == 400 and "'states'" in response.get_json()["error"]

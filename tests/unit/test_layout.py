@@ -107,6 +107,7 @@ def test_http_statuses_are_chosen_at_the_http_edge_only() -> None:
     assert imports.importers(edges, "sendit.http.responses") <= {
         "sendit.http.send_api",
         "sendit.http.status_api",
+        "sendit.http.reprocess_api",
     }
 
 

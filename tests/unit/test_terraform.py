@@ -401,12 +401,19 @@ def test_each_function_runs_as_its_own_account_with_resource_level_roles() -> No
     assert service["service_account_email"] == "${google_service_account.functions[each.key].email}"
     accounts = resource("google_service_account", "functions")
     assert accounts["for_each"] == "${local.topology.functions}"
-    # Project-level grants to function accounts: Firestore only (no per-database IAM), with a condition.
+    # Project-level grants to function accounts: Firestore (no per-database IAM), with a condition, and
+    # BigQuery's job role (jobs.create exists at project level only) for the functions that query.
     for name, grant in blocks("resource", "google_project_iam_member").items():
-        if "google_service_account.functions" in grant["member"]:
-            assert grant["for_each"] == "${local.function_firestore_roles}", name
-            assert grant["role"] == "${each.value}", name
-            assert "resource.name ==" in first(grant["condition"])["expression"], name
+        if "google_service_account.functions" not in grant["member"]:
+            continue
+        if name == "functions_bigquery_jobs":
+            assert grant["role"] == "roles/bigquery.jobUser" and "condition" not in grant
+            assert grant["for_each"] == "${toset(local.function_job_users)}"
+            continue
+        assert grant["for_each"] == "${local.function_firestore_roles}", name
+        assert grant["role"] == "${each.value}", name
+        assert "resource.name ==" in first(grant["condition"])["expression"], name
+    assert locals_()["function_job_users"] == ["deliver", "send"]
     firestore_roles = {
         k: v for k, v in locals_()["function_firestore_roles"].items() if not k.startswith("__")
     }
@@ -696,7 +703,33 @@ def test_the_sweep_may_republish_stalled_notifications_to_the_uploads_topic_only
     always, _, when_auto_send = grants.partition("var.settings.auto_send ?")
     sweep_uploads = '{function = "sweep", topic = "uploads", role = "roles/pubsub.publisher"}'
     assert sweep_uploads in always and sweep_uploads not in when_auto_send
-    assert grants.count('topic = "uploads"') == 1  # no other function publishes notifications
+    # send's reprocess re-publishes the notification of each file it reopens; nobody else publishes them.
+    send_uploads = '{function = "send", topic = "uploads", role = "roles/pubsub.publisher"}'
+    assert send_uploads in always and grants.count('topic = "uploads"') == 2
+
+
+def test_reprocess_and_the_dead_letter_replay_have_least_privilege() -> None:
+    """send's reprocess route: read (not write) the staging bucket, publish notifications, delete the rows
+    of re-run files in the two tables; operators: pull the keep subscription only."""
+    send_buckets = [g for g in locals_()["function_bucket_roles"] if g["function"] == "send"]
+    assert send_buckets == [{"function": "send", "bucket": "staging", "role": "roles/storage.objectViewer"}]
+    assert {"function": "send", "role": "roles/bigquery.dataEditor"} in locals_()["function_table_roles"]
+    for table in ("functions", "studies"):  # the image table's grants and the study table's
+        grant = resource("google_bigquery_table_iam_member", table)
+        assert "local.function_table_roles" in grant["for_each"], table
+    send_topics = re.findall(r'function = "send", topic = "(\w+)"', locals_()["function_topic_roles"])
+    assert sorted(send_topics) == ["deliver", "uploads"]
+    keep = resource("google_pubsub_subscription_iam_member", "operators_dead_letters")
+    assert keep["for_each"] == "${toset(var.operators)}" and keep["member"] == "${each.value}"
+    assert keep["role"] == "roles/pubsub.subscriber"
+    assert keep["subscription"] == "${google_pubsub_subscription.dead_letter_keep.name}"
+    operator_grants = [
+        (kind, name)
+        for kind in ("google_pubsub_subscription_iam_member", "google_pubsub_topic_iam_member")
+        for name, grant in blocks("resource", kind).items()
+        if "var.operators" in str(grant.get("for_each"))
+    ]
+    assert operator_grants == [("google_pubsub_subscription_iam_member", "operators_dead_letters")]
 
 
 # ------------------------------------------------------------------------------------------- healthcare

@@ -85,10 +85,13 @@ def dead_letter(event_type: str, data: Any, event_id: str) -> None:
 
 
 def send(request: Request) -> Response:
-    from sendit.http import send_api
-    from sendit.stages import send
+    """``POST /``: queue batches for delivery; ``POST /reprocess``: re-run files (operators only, both)."""
+    from sendit.http import reprocess_api, send_api
+    from sendit.stages import reprocess, send
 
     ctx = context("send")
+    if reprocess_api.is_reprocess(request):
+        return reprocess_api.handle(request, lambda wanted: reprocess.reprocess(ctx, wanted))
     return send_api.handle(request, lambda named, force: send.queue_batches(ctx, named, force))
 
 

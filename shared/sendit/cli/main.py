@@ -1,4 +1,4 @@
-"""The `sendit` command: anonymize | upload | status | send | metrics.
+"""The `sendit` command: anonymize | upload | status | send | reprocess | dead-letters | metrics.
 
 Each subcommand lives in a module of this package; this file only wires argparse.
 """
@@ -21,6 +21,14 @@ COMMANDS = {
     ),
     "status": ("sendit.cli.remote", "show batch status from the status API"),
     "send": ("sendit.cli.remote", "queue ready batches for delivery"),
+    "reprocess": (
+        "sendit.cli.reprocess",
+        "re-run the FAILED (--skipped, --all) files of a batch with the current recipe and settings",
+    ),
+    "dead-letters": (
+        "sendit.cli.dead_letters",
+        "list the dead-lettered messages kept for replay; --replay them once the cause is fixed",
+    ),
     "metrics": ("sendit.cli.remote", "per-batch metrics (the original export_metrics)"),
 }
 

@@ -392,13 +392,15 @@ class LocalStack:
             "name": f"projects/{self.project}/subscriptions/{name}",
             "topic": f"projects/{self.project}/topics/{self.topic(topic_role)}",
             "ack_deadline_seconds": 120,
-            "retry_policy": {
-                "minimum_backoff": {"seconds": 1},
-                "maximum_backoff": {"seconds": LOCAL_MAX_BACKOFF},
-            },
         }
         if push:
             request["push_config"] = {"push_endpoint": push}
+            # Pull subscriptions (the dead-letter keep) have none, as in Terraform: a message that
+            # `sendit dead-letters` leaves (ack deadline 0) is at once available to the next pull.
+            request["retry_policy"] = {
+                "minimum_backoff": {"seconds": 1},
+                "maximum_backoff": {"seconds": LOCAL_MAX_BACKOFF},
+            }
         if dead_letter:
             request["dead_letter_policy"] = {
                 "dead_letter_topic": f"projects/{self.project}/topics/{dead_letter}",

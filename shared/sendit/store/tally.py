@@ -46,6 +46,13 @@ def count_terminal(write: Any, ref: Any) -> None:
     write.set(ref, {"terminal": firestore.Increment(1)}, merge=True)
 
 
+def count_reopened(write: Any, ref: Any, files: int = 1) -> None:
+    """Add '``files`` files terminal no more' to a write batch (files reopened to be processed again)."""
+    from google.cloud import firestore
+
+    write.set(ref, {"terminal": firestore.Increment(-files)}, merge=True)
+
+
 def count_received_terminal(write: Any, ref: Any, at: float) -> None:
     """A file created directly in a terminal state (a dead letter, a listed file never received)."""
     from google.cloud import firestore
