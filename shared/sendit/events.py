@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sendit import naming
 from sendit.errors import EventError
@@ -138,6 +138,33 @@ def finalize_message(
     if redriven:
         attributes[REDRIVEN] = redriven
     return json.dumps(resource).encode(), attributes
+
+
+class Staged(Protocol):
+    """A staging object as its file document knows it (``stalled.Stalled``, ``reopen.Candidate``)."""
+
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def generation(self) -> str: ...
+    @property
+    def size(self) -> int | None: ...
+    @property
+    def md5(self) -> str | None: ...
+
+
+def notification_of(obj: Staged, *, redriven: str) -> tuple[bytes, dict[str, str]]:
+    """``finalize_message`` for a file sendit publishes again itself (a re-drive, a reprocess)."""
+    return finalize_message(
+        bucket=obj.bucket,
+        name=obj.name,
+        generation=obj.generation,
+        size=obj.size,
+        md5=obj.md5,
+        redriven=redriven,
+    )
 
 
 @dataclass(frozen=True)

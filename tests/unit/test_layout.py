@@ -7,6 +7,7 @@ level, inside a function, or under ``if TYPE_CHECKING:``.
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from pathlib import Path
 from typing import get_args
 
@@ -219,3 +220,9 @@ def test_the_ten_longest_library_functions_are_under_60_lines() -> None:
     longest = sorted(lengths, reverse=True)[:10]
     assert len(longest) == 10
     assert [entry for entry in longest if entry[0] >= 60] == []
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test files without packages (rootdir basenames): two of one name break collection."""
+    names = Counter(path.name for path in (ROOT / "tests").rglob("test_*.py"))
+    assert [name for name, count in names.items() if count > 1] == []

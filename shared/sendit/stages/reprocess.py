@@ -187,14 +187,7 @@ def _publish(ctx: Context, reopened: list[Candidate], result: ReprocessResult) -
     topic = ctx.clients.topic_path(ctx.settings.upload_topic)
     pending = []
     for file in reopened:
-        data, attributes = events.finalize_message(
-            bucket=file.bucket,
-            name=file.name,
-            generation=file.generation,
-            size=file.size,
-            md5=file.md5,
-            redriven=REDRIVEN,
-        )
+        data, attributes = events.notification_of(file, redriven=REDRIVEN)
         pending.append((file, ctx.clients.publisher.publish(topic, data, **attributes)))  # type: ignore[arg-type]
     for file, future in pending:
         try:

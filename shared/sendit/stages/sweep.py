@@ -162,14 +162,7 @@ def redrive(ctx: Context) -> int:
     for file in stalled.stalled(ctx.store, after_seconds=settings.redrive_seconds):
         if not stalled.mark_redriven(ctx.store, file=file):
             continue
-        data, attributes = events.finalize_message(
-            bucket=file.bucket,
-            name=file.name,
-            generation=file.generation,
-            size=file.size,
-            md5=file.md5,
-            redriven="stalled",
-        )
+        data, attributes = events.notification_of(file, redriven="stalled")
         where: dict[str, Any] = {"event": "redrive", "batch_id": file.batch_id, "file_key": file.key}
         where["attempts"] = file.attempts
         try:
