@@ -167,7 +167,7 @@ def fill_batch_ids(letters: list[Letter], status_url: str | None, key: str | Non
 
 def _batch_of(bucket: str, folder: str, status_url: str | None, key: str | None) -> str | None:
     if key:
-        return naming.batch_id(key.encode("utf-8"), bucket, folder)
+        return naming.batch_id(key.strip().encode("utf-8"), bucket, folder)
     if status_url:
         batches = resolve(status_url, folder)
         return str(batches[0]["id"]) if len(batches) == 1 else None

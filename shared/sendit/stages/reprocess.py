@@ -50,10 +50,15 @@ def reprocess(ctx: Context, request: ReprocessRequest) -> ReprocessResult:
     if request.keys:
         _files_route(ctx, request, result)
     else:
-        batch = _resolve(ctx, request)
-        result.batch = batch
-        chosen = reopen.candidates(ctx.store, batch=batch, states=list(request.states))
-        result.status = _batch(ctx, batch, chosen, result)
+        try:
+            batch = result.batch = _resolve(ctx, request)
+            chosen = reopen.candidates(ctx.store, batch=batch, states=list(request.states))
+            result.status = _batch(ctx, batch, chosen, result)
+        except Refused as exc:
+            log.warning(
+                "reprocess refused", extra={"batch_id": exc.batch, "why": exc.why, "files": len(exc.files)}
+            )
+            raise
     log.info(
         "reprocess: files reopened",
         extra={
