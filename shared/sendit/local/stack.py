@@ -35,13 +35,14 @@ LOCAL_MAX_BACKOFF = 10
 LOCAL_LEASE_SECONDS = 8
 # Completion on the local stack (docs/state.md): a few seconds of stable age instead of the cloud's 60, a
 # manifest timeout a test can wait for, a sweep every second, and the sweep's re-drive of a stalled file
-# 10 s after its lease expired (the cloud: 900 s). `make up` takes these from its environment too;
+# 30 s after its lease expired (longer than the local maximum backoff, 10 s, so a file Pub/Sub is still
+# retrying is never re-driven as well; the cloud: 900 s). `make up` takes these from its environment too;
 # stack.env shows the values.
 LOCAL_COMPLETION = {
     "SENDIT_STABLE_AGE_SECONDS": "3",
     "SENDIT_MANIFEST_TIMEOUT_SECONDS": "20",
     "SENDIT_SWEEP_SECONDS": "1",
-    "SENDIT_REDRIVE_SECONDS": "10",
+    "SENDIT_REDRIVE_SECONDS": "30",
 }
 
 # The local stack delivers to both targets: the destination bucket and its Orthanc (DICOMweb). `make up`
