@@ -30,8 +30,8 @@ test: install lint ## lint, types, then the whole suite; it starts and stops its
 demo: install ## the main job end to end on sample DICOM on the local stack
 	$(BIN)/python -m sendit.local demo
 
-bench: install ## benchmarks (not tests): engine vs plain pydicom, pipeline files/s and overhead
-	$(BIN)/python -m bench deid pipeline
+bench: install ## benchmarks (not tests): engine vs plain pydicom, pipeline files/s and overhead, DICOMweb vs bucket delivery
+	$(BIN)/python -m bench deid pipeline deliver
 
 bench-load: install ## the long load run: SENDIT_LOAD_FILES (default 10000) files in 20 batches
 	$(BIN)/python -m bench load
