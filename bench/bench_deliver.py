@@ -24,26 +24,13 @@ import statistics
 import tempfile
 import time
 import uuid
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from bench.bench_pipeline import _upload, _wait
+from bench.bench_pipeline import _payloads, _upload, _wait
 
 ROUNDS = 3
 TARGETS = (("bucket",), ("bucket", "dicomweb"), ("dicomweb",))
-
-
-def _payloads(folder: str, n: int, study: int) -> list[tuple[str, bytes]]:
-    from sendit.local.samples import StudySpec, make_instance
-
-    spec = StudySpec(rows=8, columns=8, series=4, study_index=study)
-    out = []
-    for i in range(n):
-        buf = BytesIO()
-        make_instance(spec, 1 + i % 4, i + 1).save_as(buf, enforce_file_format=True)
-        out.append((f"{folder}/series_{1 + i % 4}/IMG_{i:05d}.dcm", buf.getvalue()))
-    return out
 
 
 @dataclasses.dataclass

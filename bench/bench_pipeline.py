@@ -31,10 +31,10 @@ DEFAULT_SIZES = (500, 2000, 10000)
 STEPS = ("claim_ms", "open_ms", "download_ms", "upload_ms", "record_ms", "completion_ms")
 
 
-def _payloads(folder: str, n: int) -> list[tuple[str, bytes]]:
+def _payloads(folder: str, n: int, study: int = 1) -> list[tuple[str, bytes]]:
     from sendit.local.samples import StudySpec, make_instance
 
-    spec = StudySpec(rows=8, columns=8, series=4)
+    spec = StudySpec(rows=8, columns=8, series=4, study_index=study)
     out = []
     for i in range(n):
         buf = BytesIO()

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from sendit import events, naming, seal
-from sendit.cli.remote import OperatorError, _url, request_json, resolve
+from sendit.cli.remote import OperatorError, _url, guarded, request_json, resolve
 from sendit.events import PubSubMessage
 from sendit.resources import topology
 from sendit.store.vocabulary import FileState
@@ -348,10 +348,4 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    try:
-        return run_dead_letters(args)
-    except OperatorError as exc:
-        sys.stderr.write(f"sendit {name}: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return guarded(name, run_dead_letters, args)

@@ -453,17 +453,19 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         raise ValueError(name)
 
 
-def run(name: str, args: argparse.Namespace) -> int:
+def guarded(name: str, command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run an operator command: an ``OperatorError`` is one line on stderr and exit 2, Ctrl-C exit 130."""
     try:
-        if name == "status":
-            return run_status(args)
-        if name == "send":
-            return run_send(args)
-        if name == "metrics":
-            return run_metrics(args)
+        return command(args)
     except OperatorError as exc:
         sys.stderr.write(f"sendit {name}: {exc}\n")
         return 2
     except KeyboardInterrupt:
         return 130
-    raise ValueError(name)
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    commands = {"status": run_status, "send": run_send, "metrics": run_metrics}
+    if name not in commands:
+        raise ValueError(name)
+    return guarded(name, commands[name], args)

@@ -16,7 +16,7 @@ import sys
 from typing import Any, TextIO
 
 from sendit import naming
-from sendit.cli.remote import OperatorError, _url, request_json
+from sendit.cli.remote import _url, guarded, request_json
 from sendit.store.vocabulary import FileState
 
 EVERY = [FileState.FAILED, FileState.SKIPPED, FileState.ANONYMIZED, FileState.SENT]
@@ -87,10 +87,4 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    try:
-        return run_reprocess(args)
-    except OperatorError as exc:
-        sys.stderr.write(f"sendit {name}: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return guarded(name, run_reprocess, args)
