@@ -27,7 +27,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -261,23 +261,32 @@ def decode_multipart(content: bytes, content_type: str) -> list[bytes]:
     return [part.content for part in MultipartDecoder(content, content_type).parts]
 
 
+T = TypeVar("T")
+
+
+def chunked(items: Iterable[T], cost: Callable[[T], int], max_bytes: int) -> Iterator[list[T]]:
+    """Split ``items`` (in order) into runs whose costs add up to at most ``max_bytes``; an item costing
+    more than that travels alone."""
+    chunk: list[T] = []
+    size = 0
+    for item in items:
+        weight = cost(item)
+        if chunk and size + weight > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += weight
+    if chunk:
+        yield chunk
+
+
 def batches(instances: list[Instance], max_bytes: int) -> Iterator[list[Instance]]:
     """Split instances (in order) into requests whose parts add up to at most ``max_bytes``.
 
     An instance larger than ``max_bytes`` travels alone: a server refusing it answers 413 for it only.
     """
     overhead = 128  # delimiter and part headers
-    batch: list[Instance] = []
-    size = 0
-    for instance in instances:
-        cost = len(instance.data) + overhead
-        if batch and size + cost > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append(instance)
-        size += cost
-    if batch:
-        yield batch
+    return chunked(instances, lambda instance: len(instance.data) + overhead, max_bytes)
 
 
 # ---------------------------------------------------------------- sessions and auth

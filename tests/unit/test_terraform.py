@@ -30,6 +30,17 @@ SECRET_ENV = "SENDIT_SECRET_KEY"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+# The least environment Settings.from_env accepts (the key aside).
+MINIMAL_ENV = {
+    "GOOGLE_CLOUD_PROJECT": "p",
+    "SENDIT_STAGING_BUCKET": "a",
+    "SENDIT_PROCESSING_BUCKET": "b",
+    "SENDIT_DESTINATION_BUCKET": "c",
+    "SENDIT_BIGQUERY_TABLE": "p.d.t",
+    "SENDIT_DELIVER_TOPIC": "t",
+}
+
+
 @cache
 def parsed() -> dict[str, dict[str, Any]]:
     """file name -> parsed document, for every .tf file."""
@@ -675,14 +686,7 @@ def test_the_processing_lifecycle_must_outlast_completion(
     assert (result.returncode == 0) == accepted, output[-3000:]
     if not accepted:
         assert "storage.processing_retention_days must be" in " ".join(output.split())
-    settings_env = {
-        "GOOGLE_CLOUD_PROJECT": "p",
-        "SENDIT_STAGING_BUCKET": "a",
-        "SENDIT_PROCESSING_BUCKET": "b",
-        "SENDIT_DESTINATION_BUCKET": "c",
-        "SENDIT_BIGQUERY_TABLE": "p.d.t",
-        "SENDIT_DELIVER_TOPIC": "t",
-    }
+    settings_env = dict(MINIMAL_ENV)
     values = dict(a.split("=", 1) for a in assignments)
     for name, variable in (
         ("processing_retention_days", "SENDIT_PROCESSING_RETENTION_DAYS"),
@@ -763,12 +767,7 @@ def test_healthcare_targets_allowed_by_terraform_pass_settings(targets: str) -> 
     assert targets in json.dumps(allowed)
     url = "https://healthcare.googleapis.com/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb"
     env = {
-        "GOOGLE_CLOUD_PROJECT": "p",
-        "SENDIT_STAGING_BUCKET": "a",
-        "SENDIT_PROCESSING_BUCKET": "b",
-        "SENDIT_DESTINATION_BUCKET": "c",
-        "SENDIT_BIGQUERY_TABLE": "p.d.t",
-        "SENDIT_DELIVER_TOPIC": "t",
+        **MINIMAL_ENV,
         "SENDIT_DICOMWEB_URL": url,
         "SENDIT_DELIVERY_TARGETS": targets,
     }

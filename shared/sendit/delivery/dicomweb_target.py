@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from sendit import naming
 from sendit.delivery.objects import WORKERS, Item
-from sendit.dicomweb import ALREADY_PRESENT, FAILED, STORED
+from sendit.dicomweb import ALREADY_PRESENT, FAILED, STORED, chunked
 
 if TYPE_CHECKING:
     from sendit.dicomweb import DicomwebClient
@@ -80,17 +80,11 @@ def _by_series(items: Iterable[Item]) -> dict[tuple[str, str], list[Item]]:
 
 def _chunks(items: list[Item], max_bytes: int) -> Iterator[list[Item]]:
     """Items in runs whose clean sizes add up to at most ``max_bytes`` (about one STOW-RS request each)."""
-    chunk: list[Item] = []
-    size = 0
-    for item in items:
-        cost = (item.clean_size if item.clean_size is not None else max_bytes) + _PART_OVERHEAD
-        if chunk and size + cost > max_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += cost
-    if chunk:
-        yield chunk
+
+    def cost(item: Item) -> int:
+        return (item.clean_size if item.clean_size is not None else max_bytes) + _PART_OVERHEAD
+
+    return chunked(items, cost, max_bytes)
 
 
 def _store_chunk(client: DicomwebClient, storage: Any, chunk: list[Item], result: Stored) -> None:
